@@ -1,0 +1,291 @@
+"""Teacher-forced scoring engine: per-token log-probs of responses under a causal LM. Pure tensor code.
+
+The engine takes token-id pairs `(context_ids, response_ids)` and returns, for each pair, the float32 log-prob of every
+response token given the context and the previous response tokens. How it stays fast:
+
+- identical pairs are scored once (`deduplicate`);
+- a context shared by several responses (a GRPO group) is encoded once and its KV cache is reused (`prefix_sharing`);
+- the other pairs are sorted longest first and packed into batches under a padded-token budget, then put back in order;
+- the LM head and log-softmax run only on response positions, in chunks, so float32 `(batch, seq, vocab)` logits
+  never exist;
+- a CUDA out-of-memory error splits the batch in two and lowers the budget for the rest of the run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+Pair = tuple[Sequence[int], Sequence[int]]  # (context ids, response ids); context non-empty
+
+
+@dataclass
+class EngineStats:
+    forward_passes: int = 0
+    tokens_forward: int = 0  # tokens run through the model body (cached context tokens counted once)
+    padded_tokens: int = 0  # tokens including padding
+    oom_splits: int = 0
+
+
+def token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, project: Callable, chunk: int) -> torch.Tensor:
+    """Log-prob of `targets` under `project(hidden)`, in float32, `chunk` rows at a time.
+
+    hidden: (N, H) rows that each predict one token; targets: (N,) token ids. Returns (N,) float32.
+    """
+    out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, targets.shape[0], chunk):
+        logits = project(hidden[start : start + chunk]).float()  # (n, V)
+        picked = logits.gather(1, targets[start : start + chunk, None]).squeeze(1)  # (n,)
+        out[start : start + chunk] = picked - torch.logsumexp(logits, dim=-1)
+    return out
+
+
+class ScoringEngine:
+    """Scores token-id pairs with a frozen causal LM (see the module docstring).
+
+    Args:
+        model: a `transformers` causal LM, already on its device, in eval mode.
+        max_tokens_per_batch: padded-token budget of one forward pass.
+        head_chunk_tokens: response positions per LM-head chunk (`None`: about 256 MiB of float32 logits).
+        prefix_sharing: reuse the KV cache of a context shared by several responses.
+        deduplicate: score identical pairs once.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        max_tokens_per_batch: int = 8192,
+        head_chunk_tokens: int | None = None,
+        prefix_sharing: bool = True,
+        deduplicate: bool = True,
+    ):
+        self.model = model
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.max_rows: int | None = None  # optional cap on rows per forward pass
+        self.prefix_sharing = prefix_sharing
+        self.deduplicate = deduplicate
+        self.stats = EngineStats()
+        self.device = next(model.parameters()).device
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.head_chunk = head_chunk_tokens or max(1, (256 << 20) // (4 * vocab))
+        self.body = model.get_decoder()
+        self._cache_kw = "cache" if "cache" in inspect.signature(self.body.forward).parameters else "past_key_values"
+        self.split_head = self._head_matches_model()
+        if not self.split_head:
+            logger.warning(
+                "%s does not produce logits as lm_head(hidden states); scoring through the full model forward "
+                "(correct, but (batch, seq, vocab) logits are materialized in the model dtype).",
+                type(model).__name__,
+            )
+
+    # ---- model pieces -------------------------------------------------------------------------------------------
+
+    def _project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states (or logits, without a split head) -> logits."""
+        if not self.split_head:
+            return hidden
+        logits = self.model.get_output_embeddings()(hidden)
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    def _forward(self, input_ids, attention_mask, cache=None) -> torch.Tensor:
+        """(B, T) ids -> (B, T, H) last hidden states, or (B, T, V) logits without a split head."""
+        self.stats.forward_passes += 1
+        kwargs = {"attention_mask": attention_mask, "use_cache": cache is not None}
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        if self.split_head:
+            return self.body(input_ids=input_ids, **kwargs).last_hidden_state
+        return self.model(input_ids=input_ids, **kwargs).logits
+
+    @torch.inference_mode()
+    def _head_matches_model(self) -> bool:
+        """True when `lm_head(body(x))` (+ soft-capping) reproduces the model's own logits on a probe input."""
+        ids = torch.arange(1, 9, device=self.device)[None] % self.model.get_output_embeddings().weight.shape[0]
+        mask = torch.ones_like(ids)
+        try:
+            full = self.model(input_ids=ids, attention_mask=mask).logits.float()
+            self.split_head = True
+            split = self._project(self._forward(ids, mask)).float()
+        except Exception as err:  # noqa: BLE001 - any failure means: do not split this model
+            logger.debug("split-head probe failed: %s", err)
+            return False
+        finally:
+            self.stats = EngineStats()
+        tol = 1e-4 if next(self.model.parameters()).dtype == torch.float32 else 2e-2
+        return bool((full - split).abs().max() <= tol * (1 + full.abs().max()))
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # older transformers
+            return DynamicCache()
+
+    # ---- public entry -------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score(self, pairs: Sequence[Pair], progress: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+        """Per-token log-probs, one float32 CPU tensor of shape (len(response),) per pair, in input order.
+
+        `progress(n)` is called with the number of response tokens finished after each batch.
+        """
+        keys = [(tuple(c), tuple(r)) for c, r in pairs]
+        if any(not c for c, _ in keys):
+            raise ValueError("every pair needs at least one context token")
+        unique: dict[tuple, int] = {}
+        slot = [unique.setdefault(k if self.deduplicate else (i, k), len(unique)) for i, k in enumerate(keys)]
+        todo = [k if self.deduplicate else k[1] for k in unique]  # unique pairs
+        results: list[torch.Tensor | None] = [None] * len(todo)
+
+        singles = list(range(len(todo)))
+        if self.prefix_sharing:
+            by_context: dict[tuple, list[int]] = {}
+            for i, (c, r) in enumerate(todo):
+                if r:
+                    by_context.setdefault(c, []).append(i)
+            groups = [g for g in by_context.values() if len(g) > 1]
+            grouped = {i for g in groups for i in g}
+            singles = [i for i in singles if i not in grouped]
+            groups.sort(key=lambda g: -len(todo[g[0]][0]) - max(len(todo[i][1]) for i in g))
+            for group in groups:
+                self._score_group(todo, group, results, progress)
+
+        singles.sort(key=lambda i: -(len(todo[i][0]) + len(todo[i][1])))  # longest first: OOM shows at once
+        for batch in self._pack(singles, lambda i: len(todo[i][0]) + len(todo[i][1]) - 1):
+            self._score_rows(todo, batch, results, progress)
+        return [results[s] for s in slot]
+
+    # ---- batching -----------------------------------------------------------------------------------------------
+
+    def _pack(self, order: list[int], length: Callable[[int], int]) -> list[list[int]]:
+        """Greedy batches of `order` (sorted longest first) whose padded size fits the token budget."""
+        batches: list[list[int]] = []
+        rows = self.max_rows or len(order)
+        for i in order:
+            last = batches[-1] if batches else None
+            if last and len(last) < rows and (len(last) + 1) * length(last[0]) <= self.max_tokens_per_batch:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        return batches
+
+    def _on_oom(self, padded: int, rows: int) -> None:
+        if rows <= 1:
+            raise OutOfMemoryError(
+                f"the verifier ran out of memory on a single sequence of {padded} tokens; lower max_length "
+                "or use a smaller dtype"
+            )
+        self.stats.oom_splits += 1
+        self.max_tokens_per_batch = max(1, min(self.max_tokens_per_batch, padded // 2))
+        logger.warning(
+            "Out of memory on %d padded tokens: splitting the batch, budget now %d", padded, self.max_tokens_per_batch
+        )
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _score_rows(self, todo, rows: list[int], results, progress) -> None:
+        """Independent pairs, right-padded into one batch; splits in two on out-of-memory."""
+        lengths = [len(todo[i][0]) + len(todo[i][1]) - 1 for i in rows]  # the last token is never an input
+        padded = len(rows) * max(lengths)
+        try:
+            out = self._rows_forward(todo, rows, lengths)
+        except OutOfMemoryError:
+            self._on_oom(padded, len(rows))
+            half = len(rows) // 2
+            self._score_rows(todo, rows[:half], results, progress)
+            self._score_rows(todo, rows[half:], results, progress)
+            return
+        for i, lp in zip(rows, out):
+            results[i] = lp
+        if progress:
+            progress(sum(len(todo[i][1]) for i in rows))
+
+    def _rows_forward(self, todo, rows: list[int], lengths: list[int]) -> list[torch.Tensor]:
+        B, T = len(rows), max(lengths)
+        ids = torch.zeros(B, T, dtype=torch.long)  # pad id is irrelevant: padded positions are masked and unused
+        mask = torch.zeros(B, T, dtype=torch.long)
+        row_idx, pos_idx, targets, sizes = [], [], [], []
+        for b, (i, n) in enumerate(zip(rows, lengths)):
+            c, r = todo[i]
+            seq = (c + r)[:n]
+            ids[b, :n] = torch.tensor(seq)
+            mask[b, :n] = 1
+            row_idx += [b] * len(r)
+            pos_idx += range(len(c) - 1, n)  # position t predicts token t + 1
+            targets += r
+            sizes.append(len(r))
+        self.stats.tokens_forward += sum(lengths)
+        self.stats.padded_tokens += B * T
+        hidden = self._forward(ids.to(self.device), mask.to(self.device))  # (B, T, H)
+        picked = hidden[torch.tensor(row_idx, device=self.device), torch.tensor(pos_idx, device=self.device)]  # (N, H)
+        lp = token_logprobs(picked, torch.tensor(targets, device=self.device), self._project, self.head_chunk)
+        return list(lp.cpu().split(sizes))
+
+    # ---- prefix sharing -----------------------------------------------------------------------------------------
+
+    def _score_group(self, todo, group: list[int], results, progress) -> None:
+        """Responses sharing one context: encode the context once, then run the responses on its KV cache."""
+        context = todo[group[0]][0]
+        order = sorted(group, key=lambda i: -len(todo[i][1]))
+        # attention also reads the cached context, so each row costs context + response tokens of the budget
+        for batch in self._pack(order, lambda i: len(context) + len(todo[i][1]) - 1):
+            self._group_batch(todo, batch, results, progress)
+
+    def _group_batch(self, todo, batch: list[int], results, progress) -> None:
+        context = todo[batch[0]][0]
+        responses = [todo[i][1] for i in batch]
+        try:
+            out = self._group_forward(context, responses)
+        except OutOfMemoryError:
+            self._on_oom(len(batch) * (len(context) + len(responses[0])), len(batch))
+            half = len(batch) // 2
+            self._group_batch(todo, batch[:half], results, progress)
+            self._group_batch(todo, batch[half:], results, progress)
+            return
+        for i, lp in zip(batch, out):
+            results[i] = lp
+        if progress:
+            progress(sum(len(r) for r in responses))
+
+    def _group_forward(self, context, responses) -> list[torch.Tensor]:
+        B, Tc = len(responses), len(context)
+        T = max(len(r) for r in responses) - 1  # response inputs: every response token but the last
+        cache = self._new_cache()
+        ctx = torch.tensor([context], device=self.device)
+        last = self._forward(ctx, torch.ones_like(ctx), cache)[0, -1:]  # (1, H): predicts each first token
+        self.stats.tokens_forward += Tc + sum(len(r) - 1 for r in responses)
+        self.stats.padded_tokens += Tc + B * T
+        first = torch.tensor([r[0] for r in responses], device=self.device)
+        first_lp = token_logprobs(last.expand(B, -1), first, self._project, self.head_chunk).cpu()  # (B,)
+        if T == 0:
+            return list(first_lp[:, None].unbind(0))
+        cache.batch_repeat_interleave(B)
+        ids = torch.zeros(B, T, dtype=torch.long)
+        mask = torch.zeros(B, Tc + T, dtype=torch.long)
+        mask[:, :Tc] = 1
+        row_idx, pos_idx, targets, sizes = [], [], [], []
+        for b, r in enumerate(responses):
+            n = len(r) - 1
+            ids[b, :n] = torch.tensor(r[:-1])
+            mask[b, Tc : Tc + n] = 1
+            row_idx += [b] * n
+            pos_idx += range(n)  # response position t predicts response token t + 1
+            targets += r[1:]
+            sizes.append(n)
+        hidden = self._forward(ids.to(self.device), mask.to(self.device), cache)  # (B, T, H)
+        picked = hidden[torch.tensor(row_idx, device=self.device), torch.tensor(pos_idx, device=self.device)]
+        lp = token_logprobs(picked, torch.tensor(targets, device=self.device), self._project, self.head_chunk).cpu()
+        return [torch.cat([first_lp[b : b + 1], rest]) for b, rest in enumerate(lp.split(sizes))]

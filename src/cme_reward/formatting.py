@@ -1,0 +1,155 @@
+"""Turn (prompt, response) pairs into verifier token ids: the scoring convention of Cross-Model Entropy.
+
+Plain text pair:
+    context ids  = tokenizer(prompt).input_ids                       (the verifier's own special tokens, e.g. BOS)
+    response ids = tokenizer(response, add_special_tokens=False).input_ids
+Conversational pair (TRL conversational data):
+    context ids  = tokenizer(chat_template(prompt, add_generation_prompt=True), add_special_tokens=False).input_ids
+    response ids = tokenizer(assistant content, add_special_tokens=False).input_ids
+    A verifier without a chat template gets the plain format "<role>: <content>\n" per message then "assistant: ",
+    tokenized like a plain prompt.
+An empty context starts with the tokenizer's BOS token (else its EOS token) so the first response token is scored;
+with neither, the first response token becomes the context and is not scored.
+Lone surrogates and other unencodable code points are replaced by U+FFFD before tokenization.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    context_ids: list[int]  # what the verifier conditions on
+    response_ids: list[int]  # the tokens that are scored
+    truncated: bool = False
+
+
+def check_batch(prompts: Any, responses: Any, *, prompts_name: str = "prompts", responses_name: str = "responses"):
+    """Check that both arguments are lists of the same length; returns them as lists."""
+    for name, value in ((prompts_name, prompts), (responses_name, responses)):
+        if isinstance(value, (str, bytes, dict)) or not isinstance(value, Sequence):
+            raise TypeError(f"`{name}` must be a list, got {type(value).__name__}")
+    if len(prompts) != len(responses):
+        raise ValueError(
+            f"`{prompts_name}` and `{responses_name}` must have the same length, "
+            f"got {len(prompts)} and {len(responses)}"
+        )
+    return list(prompts), list(responses)
+
+
+def clean_text(text: str) -> str:
+    """Replace lone surrogates (which no tokenizer can encode) with U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _content(message: Any, where: str) -> tuple[str, str]:
+    if not isinstance(message, dict):
+        raise TypeError(f"{where} must be a dict with 'role' and 'content', got {type(message).__name__}")
+    if "role" not in message or "content" not in message:
+        missing = [k for k in ("role", "content") if k not in message]
+        raise ValueError(f"{where} is missing {missing}; messages look like {{'role': 'user', 'content': '...'}}")
+    role, content = message["role"], message["content"]
+    if role not in ROLES:
+        raise ValueError(f"{where} has unknown role {role!r}; allowed roles: {', '.join(ROLES)}")
+    if isinstance(content, list):  # multimodal-style content parts: keep the text parts only
+        parts = []
+        for part in content:
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                raise ValueError(f"{where} content parts must be {{'type': 'text', 'text': str}}, got {part!r:.80}")
+            parts.append(part["text"])
+        content = "".join(parts)
+    if not isinstance(content, str):
+        raise TypeError(f"{where} content must be a string, got {type(content).__name__}")
+    return role, clean_text(content)
+
+
+def normalize_messages(messages: Any, where: str) -> list[dict[str, str]]:
+    """Validate a list of chat messages; returns clean `{"role", "content"}` dicts."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where} must be a non-empty list of messages")
+    out = []
+    for j, message in enumerate(messages):
+        role, content = _content(message, f"{where}[{j}]")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def response_text(response: Any, where: str) -> str:
+    """The text to score: a string, or the content of a single assistant message (TRL conversational completion)."""
+    if isinstance(response, str):
+        return clean_text(response)
+    if isinstance(response, dict):
+        response = [response]
+    if isinstance(response, list):
+        messages = normalize_messages(response, where)
+        if len(messages) != 1 or messages[0]["role"] != "assistant":
+            roles = [m["role"] for m in messages]
+            raise ValueError(f"{where} must be one assistant message, got roles {roles}")
+        return messages[0]["content"]
+    raise TypeError(f"{where} must be a string or a list of messages, got {type(response).__name__}")
+
+
+class PairEncoder:
+    """Tokenizes pairs with the verifier's tokenizer and fits them into `max_length` tokens.
+
+    Contexts are cached by value within one encoder, so a prompt repeated `num_generations` times is tokenized once.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.start_ids = [start] if start is not None else []
+        self._warned_truncation = False
+
+    def context_ids(self, prompt: Any, where: str) -> list[int]:
+        tok = self.tokenizer
+        if isinstance(prompt, str):
+            ids = tok(clean_text(prompt)).input_ids
+        elif isinstance(prompt, list):
+            messages = normalize_messages(prompt, where)
+            if self.has_chat_template:
+                text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                ids = tok(text, add_special_tokens=False).input_ids
+            else:
+                text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+                ids = tok(text).input_ids
+        else:
+            raise TypeError(f"{where} must be a string or a list of messages, got {type(prompt).__name__}")
+        return list(ids) or list(self.start_ids)
+
+    def response_ids(self, response: Any, where: str) -> list[int]:
+        return list(self.tokenizer(response_text(response, where), add_special_tokens=False).input_ids)
+
+    def fit(self, context: list[int], response: list[int]) -> EncodedPair:
+        """Cut a pair to `max_length`: drop context tokens from the left; if the response alone does not fit, keep
+        one context token and the first `max_length - 1` response tokens (the tail is not scored)."""
+        if not context:  # no BOS/EOS to start from: the first response token becomes the context, unscored
+            context, response = response[:1], response[1:]
+        limit = self.max_length
+        if len(context) + len(response) <= limit:
+            return EncodedPair(context, response)
+        if not self._warned_truncation:
+            logger.warning(
+                "A pair has %d tokens, more than the verifier's max_length=%d: the context is cut from the left "
+                "(and over-long responses keep their first max_length - 1 tokens). Warning once.",
+                len(context) + len(response),
+                limit,
+            )
+            self._warned_truncation = True
+        if len(response) >= limit:
+            return EncodedPair(context[-1:], response[: limit - 1], truncated=True)
+        return EncodedPair(context[len(context) + len(response) - limit :], response, truncated=True)

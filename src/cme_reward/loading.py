@@ -1,0 +1,158 @@
+"""Load and place the frozen verifier: hub id, local directory, GGUF file, or a model object."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`None` -> this process's GPU (`cuda:$LOCAL_RANK`, set by accelerate/torchrun) if CUDA is available, else CPU."""
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"`device` must be like 'cpu', 'cuda' or 'cuda:1', got {device!r}") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device={device!r}` asks for CUDA, but torch sees no CUDA device")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """`None` -> bfloat16 on GPU, float32 elsewhere. Strings: "float32", "bfloat16", "float16", "auto" (= None)."""
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    raise ValueError(f"`dtype` must be one of {sorted(DTYPES)}, 'auto', a torch dtype or None, got {dtype!r}")
+
+
+def split_gguf(source: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """`path/to/model.gguf` -> (`path/to`, `model.gguf`); other sources pass through."""
+    if gguf_file is None and str(source).endswith(".gguf"):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {source}")
+        return str(path.parent), path.name
+    return str(source), gguf_file
+
+
+def _check_weights_format(source: str, use_safetensors: bool | None) -> None:
+    """Refuse a local directory holding only pickle weights unless the caller opted in."""
+    path = Path(source)
+    if use_safetensors is False or not path.is_dir():
+        return
+    names = {p.name for p in path.iterdir()}
+    has_safe = any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names)
+    has_pickle = any(n.endswith((".bin", ".pt", ".pth")) for n in names)
+    if has_pickle and not has_safe:
+        raise ValueError(
+            f"{source} only has pickle weights (.bin/.pt), which can run code when loaded. Convert them to "
+            "safetensors, or pass use_safetensors=False if you trust this source."
+        )
+
+
+def load_tokenizer(source: str, *, revision=None, trust_remote_code=False, gguf_file=None, tokenizer_kwargs=None):
+    from transformers import AutoTokenizer
+
+    kwargs = dict(tokenizer_kwargs or {})
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    return AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code, **kwargs)
+
+
+def load_verifier(
+    source: Any,
+    *,
+    tokenizer: Any = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    use_safetensors: bool | None = True,
+    gguf_file: str | None = None,
+    model_kwargs: dict | None = None,
+    tokenizer_kwargs: dict | None = None,
+):
+    """Returns `(model, tokenizer)`, the model frozen (`eval()`, no grad) on `device`.
+
+    A model object stays on its device and in its dtype unless `device` / `dtype` are given; a string source is
+    loaded on `resolve_device(device)` in `resolve_dtype(dtype)`.
+    """
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
+    if trust_remote_code:
+        logger.warning("trust_remote_code=True: the verifier's repository code will run on this machine")
+    if isinstance(source, PreTrainedModel):
+        if tokenizer is None:
+            raise ValueError("`tokenizer` is required when `verifier` is a model object (pass its tokenizer)")
+        model = source
+        if device is not None:
+            model = model.to(resolve_device(device))
+        if dtype is not None:
+            model = model.to(dtype=resolve_dtype(dtype, model.device))
+    elif isinstance(source, (str, os.PathLike)):
+        device = resolve_device(device)
+        source, gguf_file = split_gguf(os.fspath(source), gguf_file)
+        kwargs = dict(model_kwargs or {})
+        if gguf_file:
+            kwargs["gguf_file"] = gguf_file
+        else:
+            _check_weights_format(source, use_safetensors)
+            if use_safetensors is not None:
+                kwargs.setdefault("use_safetensors", use_safetensors)
+        kwargs.setdefault("dtype", resolve_dtype(dtype, device))
+        logger.info("Loading verifier %s%s on %s", source, f" ({gguf_file})" if gguf_file else "", device)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, revision=revision, trust_remote_code=trust_remote_code, **kwargs
+            )
+        except OSError as err:
+            if use_safetensors and "safetensors" in str(err).lower():
+                raise ValueError(
+                    f"{source} has no safetensors weights; pass use_safetensors=False if you trust its pickle weights"
+                ) from err
+            raise
+        model = model.to(device)
+        if isinstance(tokenizer, (str, os.PathLike)) or tokenizer is None:
+            tok_source = source if tokenizer is None else os.fspath(tokenizer)
+            tokenizer = load_tokenizer(
+                tok_source,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                gguf_file=gguf_file if tokenizer is None else None,
+                tokenizer_kwargs=tokenizer_kwargs,
+            )
+    else:
+        raise TypeError(
+            f"`verifier` must be a hub id, a local path, a .gguf file or a PreTrainedModel, "
+            f"got {type(source).__name__}"
+        )
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(
+            os.fspath(tokenizer), trust_remote_code=trust_remote_code, tokenizer_kwargs=tokenizer_kwargs
+        )
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def context_size(model: Any) -> int:
+    """The verifier's context size (`max_position_embeddings`, else 2048)."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "get_text_config", lambda: config)() if config is not None else None
+    size = getattr(config, "max_position_embeddings", None)
+    return int(size) if isinstance(size, int) and size > 1 else 2048

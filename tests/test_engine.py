@@ -1,0 +1,169 @@
+"""Every fast path of the engine against the one-pair-at-a-time float32 reference."""
+
+import random
+
+import pytest
+import torch
+from tiny_models import build_model
+
+from cme_reward.engine import OutOfMemoryError, ScoringEngine, token_logprobs
+from cme_reward.reference import reference_token_logprobs
+
+VOCAB = 300
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def model(request):
+    return build_model(request.param, VOCAB, seed=3, layers=2)
+
+
+def random_pairs(n, *, seed=0, groups=0, group_size=4, max_len=40):
+    """Independent pairs, plus `groups` GRPO-style groups of `group_size` responses sharing one context."""
+    rng = random.Random(seed)
+
+    def ids(lo, hi):
+        return [rng.randrange(VOCAB) for _ in range(rng.randint(lo, hi))]
+
+    pairs = [(ids(1, max_len), ids(1, max_len)) for _ in range(n)]
+    for _ in range(groups):
+        context = ids(1, max_len)
+        pairs += [(context, ids(1, max_len)) for _ in range(group_size)]
+    return pairs
+
+
+def assert_matches_reference(model, pairs, got, atol=1e-4):
+    assert len(got) == len(pairs)
+    for (c, r), lp in zip(pairs, got):
+        ref = reference_token_logprobs(model, c, r)
+        assert lp.dtype == torch.float32 and lp.shape == (len(r),)
+        torch.testing.assert_close(lp, ref, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("prefix_sharing", [False, True])
+@pytest.mark.parametrize("budget", [1, 64, 100_000])
+def test_matches_reference(model, prefix_sharing, budget):
+    pairs = random_pairs(12, seed=budget, groups=3)
+    random.Random(1).shuffle(pairs)
+    engine = ScoringEngine(model, max_tokens_per_batch=budget, prefix_sharing=prefix_sharing)
+    assert engine.split_head
+    assert_matches_reference(model, pairs, engine.score(pairs))
+
+
+def test_invariant_to_batch_composition_and_order(model):
+    pairs = random_pairs(16, seed=5, groups=2)
+    base = ScoringEngine(model, max_tokens_per_batch=1).score(pairs)  # one pair per pass, no padding
+    for budget, seed in [(50, 1), (300, 2), (10_000, 3)]:
+        order = list(range(len(pairs)))
+        random.Random(seed).shuffle(order)
+        got = ScoringEngine(model, max_tokens_per_batch=budget).score([pairs[i] for i in order])
+        for k, i in enumerate(order):
+            torch.testing.assert_close(got[k], base[i], atol=1e-5, rtol=0)
+
+
+def test_single_token_responses_and_contexts(model):
+    pairs = [([5], [7]), ([5], [9]), ([5], [7, 8]), ([1, 2, 3], [4]), ([9], [1])]
+    assert_matches_reference(model, pairs, ScoringEngine(model).score(pairs))
+
+
+def test_prefix_sharing_encodes_context_once(model):
+    context = list(range(10, 60))
+    pairs = [(context, [i, i + 1, i + 2]) for i in range(8)]
+    shared = ScoringEngine(model, prefix_sharing=True)
+    plain = ScoringEngine(model, prefix_sharing=False)
+    assert_matches_reference(model, pairs, shared.score(pairs))
+    plain.score(pairs)
+    assert shared.stats.tokens_forward == len(context) + 8 * 2
+    assert plain.stats.tokens_forward == 8 * (len(context) + 2)
+
+
+def test_duplicates_scored_once(model):
+    pairs = [([1, 2, 3], [4, 5])] * 5 + [([1, 2], [3])] * 3
+    engine = ScoringEngine(model, deduplicate=True, prefix_sharing=False)
+    got = engine.score(pairs)
+    assert engine.stats.tokens_forward == 4 + 2
+    assert_matches_reference(model, pairs, got)
+    assert got[0] is not got[1] or torch.equal(got[0], got[1])
+    nodedup = ScoringEngine(model, deduplicate=False, prefix_sharing=False)
+    nodedup.score(pairs)
+    assert nodedup.stats.tokens_forward == 5 * 4 + 3 * 2
+
+
+@pytest.mark.parametrize("prefix_sharing", [False, True])
+def test_oom_splits_and_retries(model, prefix_sharing, monkeypatch):
+    """An injected CUDA out-of-memory error on any pass with more than 2 rows: same scores, smaller budget."""
+    pairs = random_pairs(10, seed=9, groups=2, group_size=6)
+    expected = ScoringEngine(model, prefix_sharing=prefix_sharing).score(pairs)
+    engine = ScoringEngine(model, max_tokens_per_batch=100_000, prefix_sharing=prefix_sharing)
+    real_forward = engine._forward
+
+    def flaky_forward(input_ids, attention_mask, cache=None):
+        if input_ids.shape[0] > 2:
+            raise OutOfMemoryError("CUDA out of memory (injected)")
+        return real_forward(input_ids, attention_mask, cache)
+
+    monkeypatch.setattr(engine, "_forward", flaky_forward)
+    got = engine.score(pairs)
+    assert engine.stats.oom_splits > 0
+    assert engine.max_tokens_per_batch < 100_000
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_oom_on_single_row_raises_clear_error(model, monkeypatch):
+    engine = ScoringEngine(model)
+
+    def always_oom(*args, **kwargs):
+        raise OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(engine, "_forward", always_oom)
+    with pytest.raises(OutOfMemoryError, match="single sequence"):
+        engine.score([([1, 2], [3, 4])])
+
+
+def test_head_chunks_do_not_change_results(model):
+    pairs = random_pairs(6, seed=11)
+    whole = ScoringEngine(model, head_chunk_tokens=100_000).score(pairs)
+    chunked = ScoringEngine(model, head_chunk_tokens=3).score(pairs)
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_token_logprobs_matches_log_softmax():
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(7, 5), torch.randn(11, 5)
+    targets = torch.randint(0, 11, (7,))
+    got = token_logprobs(hidden, targets, lambda h: h @ weight.T, chunk=2)
+    ref = torch.log_softmax(hidden @ weight.T, -1).gather(1, targets[:, None]).squeeze(1)
+    torch.testing.assert_close(got, ref)
+
+
+def test_model_with_unsplittable_head_falls_back_to_full_forward(model, monkeypatch):
+    """A model whose logits are not lm_head(hidden) (e.g. an unknown logit scale) is scored through forward()."""
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.config = inner.config
+
+        def get_output_embeddings(self):
+            return self.inner.get_output_embeddings()
+
+        def get_decoder(self):
+            return self.inner.get_decoder()
+
+        def forward(self, **kwargs):
+            out = self.inner(**kwargs)
+            out.logits = out.logits * 0.5
+            return out
+
+    scaled = Scaled(model)
+    engine = ScoringEngine(scaled)
+    assert not engine.split_head
+    pairs = random_pairs(5, seed=2, groups=1)
+    assert_matches_reference(scaled, pairs, engine.score(pairs))
+
+
+def test_empty_context_rejected(model):
+    with pytest.raises(ValueError, match="context"):
+        ScoringEngine(model).score([([], [1, 2])])
