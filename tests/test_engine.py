@@ -12,7 +12,7 @@ from cme_reward.reference import reference_token_logprobs
 VOCAB = 300
 
 
-@pytest.fixture(scope="module", params=["qwen2", "llama"])
+@pytest.fixture(scope="module", params=["qwen2", "llama", "gemma3"])
 def model(request):
     return build_model(request.param, VOCAB, seed=3, layers=2)
 

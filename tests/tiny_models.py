@@ -64,7 +64,7 @@ def build_tokenizer(vocab_size: int = 400, *, bos: bool = True, chat_template: b
 
 
 def build_model(arch: str, vocab_size: int, *, seed: int = 0, hidden: int = 32, layers: int = 2, max_pos: int = 512):
-    """A tiny random-init causal LM of the given architecture (``"qwen2"`` or ``"llama"``)."""
+    """A tiny random-init causal LM of the given architecture (``"qwen2"``, ``"llama"`` or ``"gemma3"``)."""
     torch.manual_seed(seed)
     common = dict(
         vocab_size=vocab_size,
@@ -80,6 +80,14 @@ def build_model(arch: str, vocab_size: int, *, seed: int = 0, hidden: int = 32, 
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     elif arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
+    elif arch == "gemma3":  # sliding-window + global layers, final logit soft-capping: the unusual paths
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        config = Gemma3TextConfig(**common, head_dim=hidden // 4, sliding_window=8, final_logit_softcapping=30.0)
+        config.layer_types = ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (
+            layers % 2
+        )
+        model = Gemma3ForCausalLM(config)
     else:
         raise ValueError(f"unknown arch {arch!r}")
     # Random init is nearly uniform; sharpen the output so log-probs spread out and comparisons mean something.
