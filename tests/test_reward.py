@@ -303,3 +303,11 @@ def test_different_architectures_load_by_path(llama_dir):
     assert type(reward.model).__name__ == "LlamaForCausalLM"
     model = build_model("llama", 10)
     assert type(model).__name__ == "LlamaForCausalLM"
+
+
+def test_token_strings_keep_multibyte_characters_whole(reward):
+    text = " Héllo 東京 🙂🚀 ∪ naïve"
+    [ts] = reward.score_tokens(["Hi"], [text])
+    assert "".join(ts.tokens) == text
+    assert "\ufffd" not in "".join(ts.tokens)
+    assert len(ts.tokens) == len(ts.token_ids) > len(text.split())

@@ -314,5 +314,21 @@ class CrossModelEntropyReward:
 
     def _token_scores(self, pair: EncodedPair, lp: torch.Tensor, score: float | None) -> TokenScores:
         ids = list(pair.response_ids)
-        tokens = self.tokenizer.batch_decode([[t] for t in ids]) if ids else []
-        return TokenScores(ids, tokens, lp.tolist(), score, len(pair.context_ids), pair.truncated)
+        return TokenScores(ids, token_strings(self.tokenizer, ids), lp.tolist(), score, len(pair.context_ids),
+                           pair.truncated)  # fmt: skip
+
+
+def token_strings(tokenizer: Any, ids: list[int], window: int = 8) -> list[str]:
+    """Display text of each token such that `"".join(...)` is the decoded response.
+
+    Decoding ids one at a time turns a character split over several byte-level tokens into U+FFFD; instead each
+    token gets the text its decoding adds to the few tokens before it, so the token completing a character shows it
+    and the partial ones show as empty strings.
+    """
+    out = []
+    for i in range(len(ids)):
+        start = max(0, i - window)
+        before = tokenizer.decode(ids[start:i]).rstrip("\ufffd") if i > start else ""
+        upto = tokenizer.decode(ids[start : i + 1]).rstrip("\ufffd")
+        out.append(upto[len(before) :] if upto.startswith(before) else tokenizer.decode([ids[i]]))
+    return out
