@@ -148,7 +148,8 @@ class CrossModelEntropyReward:
             deduplicate=self.config.deduplicate,
         )
         self._lock = threading.Lock()  # one engine, one forward at a time; scores do not depend on interleaving
-        self.stats = {"calls": 0, "pairs": 0, "tokens_scored": 0, "seconds": 0.0}
+        # cumulative cost: calls, pairs, response tokens scored, tokens run through the verifier body, seconds
+        self.stats = {"calls": 0, "pairs": 0, "tokens_scored": 0, "tokens_forward": 0, "seconds": 0.0}
 
     # ---- pickling: rebuild the verifier from its source --------------------------------------------------------
 
@@ -294,6 +295,7 @@ class CrossModelEntropyReward:
             self.stats["pairs"] += len(encoded)
             self.stats["tokens_scored"] += total
             self.stats["seconds"] += time.perf_counter() - start
+            self.stats["tokens_forward"] = self.engine.stats.tokens_forward  # cumulative, like the others
         by_index = dict(zip(todo, logprobs))
         results: list[tuple | None] = []
         for i, pair in enumerate(encoded):
