@@ -1,5 +1,6 @@
 """Every fast path of the engine against the one-pair-at-a-time float32 reference."""
 
+import math
 import random
 
 import pytest
@@ -40,11 +41,11 @@ def assert_matches_reference(model, pairs, got, atol=1e-4):
 
 
 @pytest.mark.parametrize("prefix_sharing", [False, True])
-@pytest.mark.parametrize("budget", [1, 64, 100_000])
-def test_matches_reference(model, prefix_sharing, budget):
+@pytest.mark.parametrize("budget, max_padding", [(1, math.inf), (64, 0.3), (100_000, 0.0), (100_000, math.inf)])
+def test_matches_reference(model, prefix_sharing, budget, max_padding):
     pairs = random_pairs(12, seed=budget, groups=3)
     random.Random(1).shuffle(pairs)
-    engine = ScoringEngine(model, max_tokens_per_batch=budget, prefix_sharing=prefix_sharing)
+    engine = ScoringEngine(model, max_tokens_per_batch=budget, prefix_sharing=prefix_sharing, max_padding=max_padding)
     assert engine.split_head
     assert_matches_reference(model, pairs, engine.score(pairs))
 
@@ -52,10 +53,11 @@ def test_matches_reference(model, prefix_sharing, budget):
 def test_invariant_to_batch_composition_and_order(model):
     pairs = random_pairs(16, seed=5, groups=2)
     base = ScoringEngine(model, max_tokens_per_batch=1).score(pairs)  # one pair per pass, no padding
-    for budget, seed in [(50, 1), (300, 2), (10_000, 3)]:
+    for budget, seed, padding in [(50, 1, math.inf), (300, 2, 0.5), (10_000, 3, math.inf), (10_000, 4, 0.0)]:
         order = list(range(len(pairs)))
         random.Random(seed).shuffle(order)
-        got = ScoringEngine(model, max_tokens_per_batch=budget).score([pairs[i] for i in order])
+        engine = ScoringEngine(model, max_tokens_per_batch=budget, max_padding=padding)
+        got = engine.score([pairs[i] for i in order])
         for k, i in enumerate(order):
             torch.testing.assert_close(got[k], base[i], atol=1e-5, rtol=0)
 
@@ -93,7 +95,7 @@ def test_oom_splits_and_retries(model, prefix_sharing, monkeypatch):
     """An injected CUDA out-of-memory error on any pass with more than 2 rows: same scores, smaller budget."""
     pairs = random_pairs(10, seed=9, groups=2, group_size=6)
     expected = ScoringEngine(model, prefix_sharing=prefix_sharing).score(pairs)
-    engine = ScoringEngine(model, max_tokens_per_batch=100_000, prefix_sharing=prefix_sharing)
+    engine = ScoringEngine(model, max_tokens_per_batch=100_000, prefix_sharing=prefix_sharing, max_padding=math.inf)
     real_forward = engine._forward
 
     def flaky_forward(input_ids, attention_mask, cache=None):
@@ -167,3 +169,20 @@ def test_model_with_unsplittable_head_falls_back_to_full_forward(model, monkeypa
 def test_empty_context_rejected(model):
     with pytest.raises(ValueError, match="context"):
         ScoringEngine(model).score([([], [1, 2])])
+
+
+def test_padding_bound_and_budget(model):
+    """Batches hold at most `max_padding` padding and at most the token budget; the context cache is reused."""
+    lengths = [30, 29, 20, 10, 10, 10, 3]
+    pairs = [([1] * 5, [2 + k] * n) for k, n in enumerate(lengths)]  # distinct pairs: no deduplication
+    tight = ScoringEngine(model, prefix_sharing=False, max_padding=0.0)
+    tight.score(pairs)
+    assert tight.stats.padded_tokens == tight.stats.tokens_forward  # no padding at all
+    assert tight.stats.forward_passes == len(set(lengths))  # equal lengths still share a pass
+    loose = ScoringEngine(model, prefix_sharing=False, max_padding=math.inf, max_tokens_per_batch=10_000)
+    loose.score(pairs)
+    assert loose.stats.forward_passes == 1 and loose.stats.padded_tokens == 7 * 34
+    shared = ScoringEngine(model, prefix_sharing=True, max_padding=0.0)
+    assert_matches_reference(model, pairs, shared.score(pairs))
+    assert shared.stats.forward_passes == 1 + len(set(lengths))  # the context is encoded once for all sub-batches
+    assert shared.stats.tokens_forward == 5 + sum(n - 1 for n in lengths)

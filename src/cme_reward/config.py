@@ -30,6 +30,10 @@ class CMEConfig:
             Score identical (context, response) pairs once per call.
         head_chunk_tokens (`int`, *optional*):
             Response positions per LM-head chunk; `None` sizes chunks to about 256 MiB of float32 logits.
+        max_padding (`float`, *optional*):
+            A batch grows only while its padding stays under this fraction of its real tokens. `None`: 0 on CPU
+            (only same-length rows share a pass: padding is pure waste there and batching gains little), unbounded
+            on GPU (the token budget alone decides).
     """
 
     max_tokens_per_batch: int = 8192
@@ -39,6 +43,7 @@ class CMEConfig:
     prefix_sharing: bool = True
     deduplicate: bool = True
     head_chunk_tokens: int | None = None
+    max_padding: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens_per_batch, int) or self.max_tokens_per_batch < 1:
@@ -56,3 +61,5 @@ class CMEConfig:
             not isinstance(self.head_chunk_tokens, int) or self.head_chunk_tokens < 1
         ):
             raise ValueError(f"head_chunk_tokens must be a positive int or None, got {self.head_chunk_tokens!r}")
+        if self.max_padding is not None and (not isinstance(self.max_padding, (int, float)) or self.max_padding < 0):
+            raise ValueError(f"max_padding must be a float >= 0 or None, got {self.max_padding!r}")

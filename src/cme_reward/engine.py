@@ -5,7 +5,8 @@ response token given the context and the previous response tokens. How it stays 
 
 - identical pairs are scored once (`deduplicate`);
 - a context shared by several responses (a GRPO group) is encoded once and its KV cache is reused (`prefix_sharing`);
-- the other pairs are sorted longest first and packed into batches under a padded-token budget, then put back in order;
+- the other pairs are sorted longest first and packed into batches under a padded-token budget and a padding bound
+  (none on CPU, where padding is pure waste), then put back in order;
 - the LM head and log-softmax run only on response positions, in chunks, so float32 `(batch, seq, vocab)` logits
   never exist;
 - a CUDA out-of-memory error splits the batch in two and lowers the budget for the rest of the run.
@@ -13,8 +14,10 @@ response token given the context and the previous response tokens. How it stays 
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -57,6 +60,8 @@ class ScoringEngine:
         head_chunk_tokens: response positions per LM-head chunk (`None`: about 256 MiB of float32 logits).
         prefix_sharing: reuse the KV cache of a context shared by several responses.
         deduplicate: score identical pairs once.
+        max_padding: a batch grows only while its padding stays under this fraction of its real tokens; `None`:
+            0 on CPU (same-length rows only), unbounded elsewhere (the token budget alone decides).
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class ScoringEngine:
         head_chunk_tokens: int | None = None,
         prefix_sharing: bool = True,
         deduplicate: bool = True,
+        max_padding: float | None = None,
     ):
         self.model = model
         self.max_tokens_per_batch = max_tokens_per_batch
@@ -75,6 +81,9 @@ class ScoringEngine:
         self.deduplicate = deduplicate
         self.stats = EngineStats()
         self.device = next(model.parameters()).device
+        if max_padding is None:  # CPU: padding is pure waste and batching gains little; GPU: big batches keep it busy
+            max_padding = 0.0 if self.device.type == "cpu" else math.inf
+        self.max_padding = max_padding
         vocab = model.get_output_embeddings().weight.shape[0]
         self.head_chunk = head_chunk_tokens or max(1, (256 << 20) // (4 * vocab))
         self.body = model.get_decoder()
@@ -170,16 +179,23 @@ class ScoringEngine:
 
     # ---- batching -----------------------------------------------------------------------------------------------
 
-    def _pack(self, order: list[int], length: Callable[[int], int]) -> list[list[int]]:
-        """Greedy batches of `order` (sorted longest first) whose padded size fits the token budget."""
+    def _pack(self, order: list[int], length: Callable[[int], int], extra: int = 0) -> list[list[int]]:
+        """Greedy batches of `order` (sorted longest first). A batch grows while its padded size, counting `extra`
+        cached tokens per row, fits the token budget, and its padding stays within `max_padding` of its real tokens."""
         batches: list[list[int]] = []
         rows = self.max_rows or len(order)
+        real = 0
         for i in order:
             last = batches[-1] if batches else None
-            if last and len(last) < rows and (len(last) + 1) * length(last[0]) <= self.max_tokens_per_batch:
-                batches[-1].append(i)
-            else:
-                batches.append([i])
+            if last:
+                n, width = len(last) + 1, length(last[0])
+                fits = n <= rows and n * (width + extra) <= self.max_tokens_per_batch
+                if fits and n * width <= (1 + self.max_padding) * (real + length(i)):
+                    last.append(i)
+                    real += length(i)
+                    continue
+            batches.append([i])
+            real = length(i)
         return batches
 
     def _on_oom(self, padded: int, rows: int) -> None:
@@ -237,42 +253,47 @@ class ScoringEngine:
     # ---- prefix sharing -----------------------------------------------------------------------------------------
 
     def _score_group(self, todo, group: list[int], results, progress) -> None:
-        """Responses sharing one context: encode the context once, then run the responses on its KV cache."""
+        """Responses sharing one context: encode the context once, then run the responses on copies of its KV cache."""
         context = todo[group[0]][0]
-        order = sorted(group, key=lambda i: -len(todo[i][1]))
-        # attention also reads the cached context, so each row costs context + response tokens of the budget
-        for batch in self._pack(order, lambda i: len(context) + len(todo[i][1]) - 1):
-            self._group_batch(todo, batch, results, progress)
-
-    def _group_batch(self, todo, batch: list[int], results, progress) -> None:
-        context = todo[batch[0]][0]
-        responses = [todo[i][1] for i in batch]
+        ctx = torch.tensor([context], device=self.device)
+        cache = self._new_cache()
         try:
-            out = self._group_forward(context, responses)
+            last = self._forward(ctx, torch.ones_like(ctx), cache)[0, -1:]  # (1, H): predicts each first token
         except OutOfMemoryError:
-            self._on_oom(len(batch) * (len(context) + len(responses[0])), len(batch))
+            self._on_oom(len(context), 1)
+        self.stats.tokens_forward += len(context)
+        self.stats.padded_tokens += len(context)
+        first = torch.tensor([todo[i][1][0] for i in group], device=self.device)
+        first_lp = token_logprobs(last.expand(len(group), -1), first, self._project, self.head_chunk).cpu()  # (G,)
+        firsts = dict(zip(group, first_lp.split(1)))
+        order = sorted(group, key=lambda i: -len(todo[i][1]))
+        # response inputs: every response token but the last; attention also reads the cached context
+        for batch in self._pack(order, lambda i: len(todo[i][1]) - 1, extra=len(context)):
+            self._group_batch(todo, batch, cache, firsts, results, progress)
+
+    def _group_batch(self, todo, batch: list[int], cache, firsts, results, progress) -> None:
+        responses = [todo[i][1] for i in batch]
+        Tc, T = len(todo[batch[0]][0]), max(len(r) for r in responses) - 1
+        try:
+            rests = self._group_forward(Tc, responses, cache) if T > 0 else [torch.empty(0)] * len(batch)
+        except OutOfMemoryError:
+            self._on_oom(len(batch) * (Tc + T), len(batch))
             half = len(batch) // 2
-            self._group_batch(todo, batch[:half], results, progress)
-            self._group_batch(todo, batch[half:], results, progress)
+            self._group_batch(todo, batch[:half], cache, firsts, results, progress)
+            self._group_batch(todo, batch[half:], cache, firsts, results, progress)
             return
-        for i, lp in zip(batch, out):
-            results[i] = lp
+        for i, rest in zip(batch, rests):
+            results[i] = torch.cat([firsts[i], rest])
         if progress:
             progress(sum(len(r) for r in responses))
 
-    def _group_forward(self, context, responses) -> list[torch.Tensor]:
-        B, Tc = len(responses), len(context)
-        T = max(len(r) for r in responses) - 1  # response inputs: every response token but the last
-        cache = self._new_cache()
-        ctx = torch.tensor([context], device=self.device)
-        last = self._forward(ctx, torch.ones_like(ctx), cache)[0, -1:]  # (1, H): predicts each first token
-        self.stats.tokens_forward += Tc + sum(len(r) - 1 for r in responses)
-        self.stats.padded_tokens += Tc + B * T
-        first = torch.tensor([r[0] for r in responses], device=self.device)
-        first_lp = token_logprobs(last.expand(B, -1), first, self._project, self.head_chunk).cpu()  # (B,)
-        if T == 0:
-            return list(first_lp[:, None].unbind(0))
-        cache.batch_repeat_interleave(B)
+    def _group_forward(self, Tc: int, responses, context_cache) -> list[torch.Tensor]:
+        """Responses (each >= 2 tokens long but for padding) on a copy of the context's KV cache -> log-probs of
+        each response's tokens after the first."""
+        B, T = len(responses), max(len(r) for r in responses) - 1
+        cache = copy.deepcopy(context_cache)  # the forward appends to the cache: keep the context's own intact
+        if B > 1:
+            cache.batch_repeat_interleave(B)
         ids = torch.zeros(B, T, dtype=torch.long)
         mask = torch.zeros(B, Tc + T, dtype=torch.long)
         mask[:, :Tc] = 1
@@ -285,7 +306,9 @@ class ScoringEngine:
             pos_idx += range(n)  # response position t predicts response token t + 1
             targets += r[1:]
             sizes.append(n)
+        self.stats.tokens_forward += sum(sizes)
+        self.stats.padded_tokens += B * T
         hidden = self._forward(ids.to(self.device), mask.to(self.device), cache)  # (B, T, H)
         picked = hidden[torch.tensor(row_idx, device=self.device), torch.tensor(pos_idx, device=self.device)]
-        lp = token_logprobs(picked, torch.tensor(targets, device=self.device), self._project, self.head_chunk).cpu()
-        return [torch.cat([first_lp[b : b + 1], rest]) for b, rest in enumerate(lp.split(sizes))]
+        lp = token_logprobs(picked, torch.tensor(targets, device=self.device), self._project, self.head_chunk)
+        return list(lp.cpu().split(sizes))
