@@ -1,0 +1,212 @@
+"""Timing, peak memory (CPU RSS sampler / CUDA allocator), matmul peak and machine info."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+# Spec-sheet dense peaks (FLOP/s) for MFU, keyed by a substring of the CUDA device name.
+GPU_SPEC_PEAK = {
+    "H200": {"bfloat16": 989e12, "float32": 67e12},
+    "H100": {"bfloat16": 989e12, "float32": 67e12},
+    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
+    "L40S": {"bfloat16": 362e12, "float32": 91.6e12},
+}
+
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None and platform.system() == "Linux":
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _LIBC = False
+    return _LIBC or None
+
+
+def setup_malloc() -> None:
+    """Fixed glibc mmap threshold (1 MiB): big tensors are mmapped and given back on free, so RSS deltas per method
+    are not hidden by memory an earlier method freed but glibc kept."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
+def release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak extra memory inside the block: CUDA max_memory_allocated delta, or sampled process RSS delta on CPU."""
+
+    def __init__(self, device: torch.device, interval: float = 0.002):
+        self.device, self.interval = device, interval
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
+        self._base = self._peak = rss_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self._peak, rss_bytes()) - self._base
+
+
+def _busy_jiffies() -> tuple[int, int]:
+    """(CPU jiffies all processes spent busy, jiffies this process spent), from /proc."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return user + nice + system + irq + softirq + steal, int(fields[11]) + int(fields[12])
+
+
+class ForeignLoad:
+    """CPUs kept busy by *other* processes during the block (0 on a quiet machine; on 2 cores, 1.0 means one core
+    was taken from the benchmark). Linux only; 0.0 elsewhere."""
+
+    def __enter__(self) -> ForeignLoad:
+        self.cpus = 0.0
+        self._start = time.perf_counter(), *(_busy_jiffies() if os.path.exists("/proc/stat") else (0, 0))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not os.path.exists("/proc/stat"):
+            return
+        t0, busy0, own0 = self._start
+        busy, own = _busy_jiffies()
+        elapsed = (time.perf_counter() - t0) * os.sysconf("SC_CLK_TCK")
+        self.cpus = max(0.0, ((busy - busy0) - (own - own0)) / max(elapsed, 1e-9))
+
+
+def wait_idle(max_foreign: float, timeout: float) -> float:
+    """Wait (up to `timeout` s) until other processes use less than `max_foreign` CPUs over a 1 s window."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        with ForeignLoad() as load:
+            time.sleep(1.0)
+        if load.cpus < max_foreign:
+            break
+    return time.perf_counter() - start
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float, int, float]:
+    """Run `fn` once: (result, seconds, peak extra bytes, CPUs used by other processes meanwhile)."""
+    release_memory(device)
+    sync(device)
+    with PeakMemory(device) as mem, ForeignLoad() as load:
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        seconds = time.perf_counter() - start
+    return out, seconds, mem.peak_bytes, load.cpus
+
+
+@torch.inference_mode()
+def matmul_peak(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...] | None = None, reps: int = 3) -> dict:
+    """Best FLOP/s of a square torch.mm over a few sizes (the machine's practical dense-matmul peak)."""
+    if sizes is None:
+        sizes = (4096, 8192) if device.type == "cuda" else (1024, 2048, 3072)
+    best, at = 0.0, 0
+    for n in sizes:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        torch.mm(a, b)
+        sync(device)
+        for _ in range(reps if device.type == "cpu" else 10 * reps):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            sync(device)
+            rate = 2 * n**3 / (time.perf_counter() - start)
+            if rate > best:
+                best, at = rate, n
+    return {"flops_per_s": best, "size": at, "dtype": str(dtype).removeprefix("torch."), "sizes": list(sizes)}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(device: torch.device) -> dict:
+    import transformers
+
+    info = {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "gpu": None,
+    }
+    try:
+        import lm_eval
+
+        info["lm_eval"] = getattr(lm_eval, "__version__", "installed")
+    except ImportError:
+        info["lm_eval"] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["cuda"] = torch.version.cuda
+        info["allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    return info
+
+
+def gpu_spec_peak(device: torch.device, dtype: torch.dtype) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in GPU_SPEC_PEAK.items():
+        if key in name:
+            return peaks.get(str(dtype).removeprefix("torch."))
+    return None

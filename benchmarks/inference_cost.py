@@ -1,0 +1,212 @@
+"""Print (and save) the README "Inference cost" section from benchmark JSONs plus a cost model.
+
+    python benchmarks/inference_cost.py [--results benchmarks/results] [--prompts 64 --group-size 8 \
+        --prompt-tokens 200 --response-tokens 300] [--out benchmarks/results/inference_cost.md]
+
+Measured rows come from `bench_scoring.py` JSONs (quick runs are skipped). The cost model prices one GRPO step and
+1M scored tokens for 0.5B / 1.5B / 7B verifiers: from our own GPU measurement of that preset when a JSON has one,
+else from the H100 anchors in /work/shared/research/perf-anchors.md (labelled as such).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_presets import build_config, flop_model  # noqa: E402
+from bench_targets import check_targets, targets_markdown  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+H100_BF16 = 989e12
+# perf-anchors.md, H100, "sorted + selective log-probs" (no prefix sharing), 256 pairs, prompt 30-300 / response
+# 20-700 tokens. The quoted MFU matches tok/s x 2 x params, so tok/s counts context + response tokens.
+ANCHORS = {
+    "qwen2-0.5b": {"tok_s": 187e3, "naive_tok_s": 27e3},
+    "qwen2-1.5b": {"tok_s": 96e3, "naive_tok_s": 23e3},
+    "qwen2-7b": {"tok_s": 30e3, "naive_tok_s": 14e3},
+}
+VERIFIERS = {"qwen2-0.5b": "Qwen2-0.5B", "qwen2-1.5b": "Qwen2-1.5B", "qwen2-7b": "Qwen2-7B"}
+
+
+def load_results(folder: Path) -> list[dict]:
+    reports = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if "results" in report and not report.get("args", {}).get("quick"):
+            report["file"] = path.name
+            reports.append(report)
+    return reports
+
+
+def machine_label(report: dict) -> str:
+    m = report["machine"]
+    if m.get("gpu"):
+        return m["gpu"]
+    return f"{m['cpu']}, {m['torch_threads']} threads"
+
+
+def measured_table(reports: list[dict]) -> str:
+    lines = [
+        "| run | machine | verifier shape | pairs (P x G), prompt / response tokens | method | dtype | "
+        "scored tok/s | vs (a) | vs (b) | max abs diff vs (a) | useful FLOP/s, % of measured fp32 / bf16 matmul peak "
+        "| MFU | peak mem |",
+        "|" + "---|" * 13,
+    ]
+    for rep in reports:
+        w = rep["workload"]
+        shape = (
+            f"{w['pairs']} ({w['prompts']} x {w['group_size']}), {w['prompt_len_mean']:.0f} / "
+            f"{w['response_len_mean']:.0f} mean"
+        )
+        for r in rep["results"].values():
+            ratio = lambda x: f"{x:.2f}x" if x else "-"  # noqa: E731
+            diff = r.get("max_abs_score_diff")
+            mfu = f"{100 * r['mfu_spec']:.0f} %" if r.get("mfu_spec") else "-"
+            lines.append(
+                f"| {rep['file']} | {machine_label(rep)} | {rep['preset']} | {shape} | {r['label']} | {r['dtype']} | "
+                f"{r['scored_tokens_per_s']:,.0f} | {ratio(r['speedup_vs_a'])} | {ratio(r['speedup_vs_b'])} | "
+                f"{'-' if diff is None else f'{diff:.1e}'} | {r['useful_flops_per_s'] / 1e9:,.0f} G, "
+                f"{100 * r['frac_fp32_matmul_peak']:.0f} % / {100 * r['frac_bf16_matmul_peak']:.0f} % | {mfu} | "
+                f"{r['peak_mem_mib']:,.0f} MiB |"
+            )
+    return "\n".join(lines)
+
+
+def step_flops(preset: str, prompts: int, group: int, prompt_tokens: int, response_tokens: int) -> dict[str, float]:
+    """Useful FLOPs of one GRPO step's scoring, with and without prefix sharing."""
+    fm = flop_model(build_config(preset))
+    ctx = fm.body_span(0, prompt_tokens)
+    resp = fm.body_span(prompt_tokens, prompt_tokens + response_tokens - 1) + fm.head * response_tokens
+    return {"shared": prompts * (ctx + group * resp), "unshared": prompts * group * (ctx + resp)}
+
+
+def gpu_measurement(reports: list[dict], preset: str) -> tuple[dict, dict] | None:
+    """Best measured (d) on a GPU for `preset`: (report, result)."""
+    best = None
+    for rep in reports:
+        if rep["preset"] != preset or not rep["machine"].get("gpu"):
+            continue
+        for name, r in rep["results"].items():
+            if name.startswith("d") and (best is None or r["useful_flops_per_s"] > best[1]["useful_flops_per_s"]):
+                best = (rep, r)
+    return best
+
+
+def anchor_rate(preset: str) -> float:
+    """Anchor FLOP/s: tok/s x 2 x params (the anchors' own MFU convention)."""
+    return ANCHORS[preset]["tok_s"] * 2 * flop_model(build_config(preset)).params
+
+
+def cost_rows(reports: list[dict], args) -> list[str]:
+    scored = args.prompts * args.group_size * args.response_tokens
+    rows = []
+    for preset, name in VERIFIERS.items():
+        f = step_flops(preset, args.prompts, args.group_size, args.prompt_tokens, args.response_tokens)
+        measured = gpu_measurement(reports, preset)
+        if measured:
+            rep, r = measured
+            rate, source = r["useful_flops_per_s"], f"measured, {rep['machine']['gpu']} {r['dtype']} ({rep['file']})"
+        else:
+            rate, source = anchor_rate(preset), "H100 anchor (perf-anchors.md, no prefix sharing), not measured here"
+        step_s = f["shared"] / rate
+        step_unshared = f["unshared"] / rate
+        per_m = step_s * 1e6 / scored
+        rows.append(
+            f"| {name} | {source} | {rate / 1e12:.0f} TFLOP/s ({100 * rate / H100_BF16:.0f} % of 989) | "
+            f"{per_m:,.1f} s = {per_m / 3600:.4f} GPU-h | {step_s:.2f} s ({step_unshared:.2f} s without prefix "
+            f"sharing) | {step_s * 1000 / 3600:.2f} GPU-h |"
+        )
+    return rows
+
+
+def cpu_rows(reports: list[dict], args) -> list[str]:
+    rows = []
+    for rep in reports:
+        if rep["machine"].get("gpu") or rep["preset"] not in {"smollm2-135m", "qwen2-0.5b", "small-152k"}:
+            continue
+        for r in (r for n, r in rep["results"].items() if n.startswith("d")):
+            f = step_flops(rep["preset"], args.prompts, args.group_size, args.prompt_tokens, args.response_tokens)
+            step_s = f["shared"] / r["useful_flops_per_s"]
+            per_m = 1e6 / r["scored_tokens_per_s"]
+            rows.append(
+                f"| {rep['preset']} ({rep['file']}) | {machine_label(rep)} | {r['dtype']} | {per_m:,.0f} s | "
+                f"{step_s / 60:,.1f} min |"
+            )
+    return rows
+
+
+def cost_section(reports: list[dict], args) -> str:
+    step = (
+        f"{args.prompts} prompts x G={args.group_size}, prompt {args.prompt_tokens} / response {args.response_tokens}"
+    )
+    scored = args.prompts * args.group_size * args.response_tokens
+    out = [
+        f"Cost model for one GRPO step ({step} tokens: {scored:,} scored tokens), verifier in bfloat16 on one "
+        "H100/H200. Seconds = useful FLOPs of the step (body over each prompt once and over the responses, LM head "
+        "over response tokens) / the verifier's FLOP rate. Where we have no GPU measurement the rate is the H100 "
+        "anchor's (sorted + selective log-probs, measured *without* prefix sharing, so the prefix-shared figure "
+        "assumes prefix sharing keeps that FLOP rate).",
+        "",
+        "| verifier | FLOP rate from | rate (MFU) | per 1M scored tokens | per GRPO step | per 1,000 steps |",
+        "|---|---|---|---|---|---|",
+        *cost_rows(reports, args),
+    ]
+    cpu = cpu_rows(reports, args)
+    if cpu:
+        out += [
+            "",
+            "Our CPU measurements, same step (engine (d), scaled by the step's useful FLOPs at the measured rate):",
+            "",
+            "| verifier | machine | dtype | per 1M scored tokens | per GRPO step |",
+            "|---|---|---|---|---|",
+            *cpu,
+        ]
+    return "\n".join(out)
+
+
+def render(reports: list[dict], args) -> str:
+    parts = [
+        "## Inference cost",
+        "",
+        "Scoring cost of `cme_reward` against a naive one-pair-at-a-time loop (a, full logits, float32 "
+        "log-softmax: `cme_reward.reference`), lm-evaluation-harness `HFLM` (b, driven with the same token ids), "
+        "the engine without prefix sharing (c) and the full engine (d), on the same GRPO-shaped pairs in one run. "
+        "Random-init verifiers of the real shapes (cost equals real weights). Reproduce with "
+        "`python benchmarks/bench_scoring.py --help`; useful FLOPs = body FLOPs of unique tokens + LM-head FLOPs of "
+        "response tokens.",
+        "",
+        measured_table(reports) if reports else "(no benchmark results found)",
+        "",
+    ]
+    checks = check_targets(reports)
+    if checks:
+        parts += [targets_markdown(checks), ""]
+    parts += [cost_section(reports, args), ""]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--prompt-tokens", type=int, default=200)
+    p.add_argument("--response-tokens", type=int, default=300)
+    p.add_argument("--out", type=Path, default=RESULTS / "inference_cost.md")
+    args = p.parse_args(argv)
+    text = render(load_results(args.results), args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
