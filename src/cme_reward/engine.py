@@ -229,6 +229,13 @@ class ScoringEngine:
         if progress:
             progress(sum(len(todo[i][1]) for i in rows))
 
+    def _gathered_logprobs(self, hidden, row_idx, pos_idx, targets, sizes) -> list[torch.Tensor]:
+        """Log-probs of `targets` predicted at `hidden[row_idx, pos_idx]`, split into one CPU tensor per pair."""
+        dev = self.device
+        picked = hidden[torch.tensor(row_idx, device=dev), torch.tensor(pos_idx, device=dev)]  # (N, H)
+        lp = token_logprobs(picked, torch.tensor(targets, device=dev), self._project, self.head_chunk)
+        return list(lp.cpu().split(sizes))
+
     def _rows_forward(self, todo, rows: list[int], lengths: list[int]) -> list[torch.Tensor]:
         B, T = len(rows), max(lengths)
         ids = torch.zeros(B, T, dtype=torch.long)  # pad id is irrelevant: padded positions are masked and unused
@@ -246,9 +253,7 @@ class ScoringEngine:
         self.stats.tokens_forward += sum(lengths)
         self.stats.padded_tokens += B * T
         hidden = self._forward(ids.to(self.device), mask.to(self.device))  # (B, T, H)
-        picked = hidden[torch.tensor(row_idx, device=self.device), torch.tensor(pos_idx, device=self.device)]  # (N, H)
-        lp = token_logprobs(picked, torch.tensor(targets, device=self.device), self._project, self.head_chunk)
-        return list(lp.cpu().split(sizes))
+        return self._gathered_logprobs(hidden, row_idx, pos_idx, targets, sizes)
 
     # ---- prefix sharing -----------------------------------------------------------------------------------------
 
@@ -309,6 +314,4 @@ class ScoringEngine:
         self.stats.tokens_forward += sum(sizes)
         self.stats.padded_tokens += B * T
         hidden = self._forward(ids.to(self.device), mask.to(self.device), cache)  # (B, T, H)
-        picked = hidden[torch.tensor(row_idx, device=self.device), torch.tensor(pos_idx, device=self.device)]
-        lp = token_logprobs(picked, torch.tensor(targets, device=self.device), self._project, self.head_chunk)
-        return list(lp.cpu().split(sizes))
+        return self._gathered_logprobs(hidden, row_idx, pos_idx, targets, sizes)
