@@ -6,7 +6,6 @@ import ctypes
 import gc
 import os
 import platform
-import threading
 import time
 from collections.abc import Callable
 
@@ -55,40 +54,47 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 class PeakMemory:
-    """Peak extra memory inside the block: CUDA max_memory_allocated delta, or sampled process RSS delta on CPU."""
+    """Peak extra memory inside the block: CUDA max_memory_allocated delta, or on CPU the process's peak RSS (VmHWM,
+    reset on entry) minus its RSS on entry. No sampling thread: on 2 cores a sampler would steal time from the
+    benchmark's threads. Where VmHWM cannot be reset, `peak_bytes` is None."""
 
-    def __init__(self, device: torch.device, interval: float = 0.002):
-        self.device, self.interval = device, interval
-        self.peak_bytes = 0
-        self._stop = threading.Event()
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_bytes: int | None = None
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
-            return self
-        self._base = self._peak = rss_bytes()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        else:
+            self._ok = os.path.exists("/proc/self/status") and reset_peak_rss()
+            self._base = _status_kib("VmRSS") * 1024 if self._ok else 0
         return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, rss_bytes())
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
-            return
-        self._stop.set()
-        self._thread.join()
-        self.peak_bytes = max(self._peak, rss_bytes()) - self._base
+        elif self._ok:
+            self.peak_bytes = _status_kib("VmHWM") * 1024 - self._base
 
 
 def _busy_jiffies() -> tuple[int, int]:
@@ -141,25 +147,42 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float
     return out, seconds, mem.peak_bytes, load.cpus
 
 
-@torch.inference_mode()
-def matmul_peak(dtype: torch.dtype, device: torch.device, sizes: tuple[int, ...] | None = None, reps: int = 3) -> dict:
-    """Best FLOP/s of a square torch.mm over a few sizes (the machine's practical dense-matmul peak)."""
-    if sizes is None:
-        sizes = (4096, 8192) if device.type == "cuda" else (1024, 2048, 3072)
-    best, at = 0.0, 0
-    for n in sizes:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
+def _mm_rate(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, reps: int) -> float:
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
+    torch.mm(a, b)
+    sync(device)
+    best = 0.0
+    for _ in range(reps):
+        start = time.perf_counter()
         torch.mm(a, b)
         sync(device)
-        for _ in range(reps if device.type == "cpu" else 10 * reps):
-            start = time.perf_counter()
-            torch.mm(a, b)
-            sync(device)
-            rate = 2 * n**3 / (time.perf_counter() - start)
-            if rate > best:
-                best, at = rate, n
-    return {"flops_per_s": best, "size": at, "dtype": str(dtype).removeprefix("torch."), "sizes": list(sizes)}
+        best = max(best, 2 * m * k * n / (time.perf_counter() - start))
+    return best
+
+
+@torch.inference_mode()
+def matmul_peak(
+    dtype: torch.dtype,
+    device: torch.device,
+    sizes: tuple[int, ...] | None = None,
+    shapes: list[tuple[int, int, int]] | None = None,
+    reps: int = 3,
+) -> dict:
+    """The machine's practical dense-matmul peak: best FLOP/s of big square torch.mm (and, when given, of the model's
+    own (m, k, n) matmul shapes, which on CPU can run faster than a square mm bigger than the caches)."""
+    if sizes is None:
+        sizes = (4096, 8192) if device.type == "cuda" else (1024, 2048, 3072)
+    reps = reps if device.type == "cpu" else 10 * reps
+    square = {n: _mm_rate(n, n, n, dtype, device, reps) for n in sizes}
+    shaped = {f"{m}x{k}x{n}": _mm_rate(m, k, n, dtype, device, reps) for m, k, n in shapes or []}
+    return {
+        "flops_per_s": max([*square.values(), *shaped.values()]),
+        "square_flops_per_s": max(square.values()),
+        "square": square,
+        "model_shapes": shaped,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
 
 
 def cpu_model() -> str:

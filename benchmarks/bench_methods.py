@@ -18,10 +18,7 @@ LABELS = {
     "b": "(b) lm-eval HFLM",
     "c": "(c) cme, no prefix sharing",
     "d": "(d) cme full",
-    "e": "(e) proposed: one head pass per group",
-    "f": "(f) proposed: (e) + vocab-blocked head on CPU",
-    "fc": "(fc) proposed (f), no prefix sharing",
-    "f25": "(f25) proposed (f), max_padding=0.25",
+    "e": "(e) cme full, chunked head (no vocab blocks)",
 }
 
 
@@ -41,9 +38,13 @@ def naive(model: torch.nn.Module, **_) -> Method:
     return Method("a", LABELS["a"], run, notes="cme_reward.reference: one pair per forward, full fp32 log_softmax")
 
 
-def engine(model: torch.nn.Module, *, budget: int, prefix_sharing: bool, **_) -> Method:
-    eng = ScoringEngine(model, max_tokens_per_batch=budget, prefix_sharing=prefix_sharing)
-    key = "d" if prefix_sharing else "c"
+def engine(
+    model: torch.nn.Module, *, budget: int, prefix_sharing: bool, key: str | None = None, head_vocab_block=None, **_
+) -> Method:
+    eng = ScoringEngine(
+        model, max_tokens_per_batch=budget, prefix_sharing=prefix_sharing, head_vocab_block=head_vocab_block
+    )
+    key = key or ("d" if prefix_sharing else "c")
 
     def run(pairs: list[Pair]) -> list[torch.Tensor]:
         eng.max_tokens_per_batch = budget  # an OOM split lowers it; every repeat starts from the same budget
@@ -51,7 +52,8 @@ def engine(model: torch.nn.Module, *, budget: int, prefix_sharing: bool, **_) ->
         return eng.score(pairs)
 
     def stats() -> dict:
-        return dict(vars(eng.stats), max_tokens_per_batch=budget, head_chunk=eng.head_chunk)
+        return dict(vars(eng.stats), max_tokens_per_batch=budget, head_chunk=eng.head_chunk,
+                    head_vocab_block=eng.head_vocab_block, min_shared_tokens=eng.min_shared_tokens)  # fmt: skip
 
     return Method(key, LABELS[key], run, stats, notes=f"ScoringEngine(max_tokens_per_batch={budget})")
 
@@ -90,33 +92,12 @@ def lm_eval_hf(model: torch.nn.Module, *, lm_eval_batch_size: int, **_) -> Metho
     return Method("b", LABELS["b"], run, notes=notes)
 
 
-def proto(model: torch.nn.Module, *, key: str, budget: int, **options) -> Method:
-    """The prototype engine of benchmarks/proto_engine.py (proposed engine changes)."""
-    from proto_engine import FastEngine
-
-    eng = FastEngine(model, max_tokens_per_batch=budget, **options)
-
-    def run(pairs: list[Pair]) -> list[torch.Tensor]:
-        eng.max_tokens_per_batch = budget
-        eng.stats = type(eng.stats)()
-        return eng.score(pairs)
-
-    def stats() -> dict:
-        return dict(vars(eng.stats), max_tokens_per_batch=budget, max_padding=eng.max_padding,
-                    vocab_block=eng.vocab_block)  # fmt: skip
-
-    return Method(key, LABELS[key], run, stats, notes=f"benchmarks/proto_engine.py FastEngine({options})")
-
-
 FACTORIES: dict[str, Callable[..., Method | str]] = {
     "a": naive,
     "b": lm_eval_hf,
     "c": lambda model, **kw: engine(model, prefix_sharing=False, **kw),
     "d": lambda model, **kw: engine(model, prefix_sharing=True, **kw),
-    "e": lambda model, budget, **_: proto(model, key="e", budget=budget, vocab_block=0),
-    "f": lambda model, budget, **_: proto(model, key="f", budget=budget),
-    "fc": lambda model, budget, **_: proto(model, key="fc", budget=budget, prefix_sharing=False),
-    "f25": lambda model, budget, **_: proto(model, key="f25", budget=budget, max_padding=0.25),
+    "e": lambda model, **kw: engine(model, prefix_sharing=True, key="e", head_vocab_block=0, **kw),
 }
 
 

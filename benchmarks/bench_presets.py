@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -118,3 +119,20 @@ def flop_model(config) -> FlopModel:
         head=2 * h * vocab,
         params=per_layer * layers + embeddings,  # + norms and biases, which are negligible
     )
+
+
+def converted_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of `model` in `dtype`, same device, converted one parameter at a time: peak memory is the model plus
+    its converted copy, not two copies in the original dtype (matters for a 7B model on one GPU). Tied parameters
+    stay tied."""
+    memo = {id(p): None for p in model.parameters()}  # deepcopy leaves the parameters out
+    clone = copy.deepcopy(model, memo)
+    converted: dict[int, torch.nn.Parameter] = {}
+    for name, module in model.named_modules():
+        target = clone.get_submodule(name)
+        for pname, p in module._parameters.items():
+            if p is not None:
+                if id(p) not in converted:
+                    converted[id(p)] = torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
+                target._parameters[pname] = converted[id(p)]
+    return clone.to(dtype)  # floating-point buffers, like `model.to(dtype)` would

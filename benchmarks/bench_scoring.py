@@ -11,7 +11,6 @@ machine info and every number, and a PNG chart next to it. Not a test: nothing h
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ from bench_measure import (  # noqa: E402
     wait_idle,
 )
 from bench_methods import FACTORIES, Method, pair_means  # noqa: E402
-from bench_presets import PRESETS, build_config, build_model, flop_model  # noqa: E402
+from bench_presets import PRESETS, build_config, build_model, converted_copy, flop_model  # noqa: E402
 from bench_workload import Workload, flop_summary, make_workload  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -49,7 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--methods", default="a,b,c,d", help="comma list of KEY or KEY:DTYPE, KEY in a,b,c,d")
     p.add_argument("--budget", type=int, default=8192, help="cme max_tokens_per_batch")
-    p.add_argument("--lm-eval-batch-size", type=int, default=None, help="HFLM batch size (default 4 CPU, 16 GPU)")
+    p.add_argument(
+        "--lm-eval-batch-size",
+        type=int,
+        default=None,
+        help="HFLM batch size (default 1 on CPU, its fastest there; 16 on GPU)",
+    )
     p.add_argument("--repeats", type=int, help="timed runs per method (the best is reported; default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument(
@@ -62,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-foreign",
         type=float,
-        default=0.25,
+        default=0.1,
         metavar="CPUS",
         help="CPU: a run during which other processes used more CPUs than this is retried",
     )
@@ -85,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     args.device = torch.device(args.device)
     if args.lm_eval_batch_size is None:
-        args.lm_eval_batch_size = 16 if args.device.type == "cuda" else 4
+        args.lm_eval_batch_size = 16 if args.device.type == "cuda" else 1
     if args.out is None:
         args.out = Path(__file__).resolve().parent / "results" / f"{args.preset}.json"
     return args
@@ -117,7 +121,7 @@ def build_models(args, dtypes: set[str]) -> dict[str, torch.nn.Module]:
             models[name] = base
         else:
             keep_base = "float32" in dtypes
-            models[name] = (copy.deepcopy(base) if keep_base else base).to(DTYPES[name])
+            models[name] = converted_copy(base, DTYPES[name]) if keep_base else base.to(DTYPES[name])
     return models
 
 
@@ -160,7 +164,7 @@ def run_all(args, methods: dict[str, Method], work: Workload) -> dict[str, dict]
                 runs[name][key].append(record[key])
             if rep == 0:
                 runs[name]["out"] = out
-            print(f"  {name:>12}: {record['seconds']:8.2f} s  peak +{record['peak_bytes'] / 2**20:8.1f} MiB  "
+            print(f"  {name:>12}: {record['seconds']:8.2f} s  peak +{(record['peak_bytes'] or 0) / 2**20:8.1f} MiB  "
                   f"other processes {record['foreign_cpus']:.2f} CPUs", file=sys.stderr)  # fmt: skip
     return runs
 
@@ -211,7 +215,7 @@ def summarize(args, specs, methods, runs, work, flops, peaks) -> dict[str, dict]
             "total_tokens_per_s": work.total_tokens / t,
             "speedup_vs_a": base_a / t if base_a else None,
             "speedup_vs_b": base_b / t if base_b else None,
-            "peak_mem_mib": max(run["peak_bytes"]) / 2**20,
+            "peak_mem_mib": max(run["peak_bytes"]) / 2**20 if None not in run["peak_bytes"] else None,
             "useful_flops_per_s": useful,
             "frac_fp32_matmul_peak": useful / peaks["float32"]["flops_per_s"],
             "frac_bf16_matmul_peak": useful / peaks["bfloat16"]["flops_per_s"],
@@ -232,7 +236,7 @@ def markdown_table(results: dict[str, dict]) -> str:
         lines.append(
             f"| {name} {r['label']} | {r['dtype']} | {r['seconds']:.2f} | {r['scored_tokens_per_s']:,.0f} | "
             f"{r['total_tokens_per_s']:,.0f} | {ratio(r['speedup_vs_a'])} | {ratio(r['speedup_vs_b'])} | "
-            f"{r['peak_mem_mib']:,.0f} | {'-' if diff is None else f'{diff:.1e}'} | "
+            f"{r['peak_mem_mib'] or 0:,.0f} | {'-' if diff is None else f'{diff:.1e}'} | "
             f"{r['useful_flops_per_s'] / 1e9:,.1f} G | {pct(r['frac_fp32_matmul_peak'])} | "
             f"{pct(r['frac_bf16_matmul_peak'])} | {pct(r['mfu_spec'])} |"
         )
@@ -259,6 +263,8 @@ def chart(path: Path, results: dict[str, dict], title: str) -> str | None:
     ax2.bar(names, [100 * results[n]["frac_fp32_matmul_peak"] for n in names], color="tab:orange", label="fp32")
     ax2.set_ylabel("useful FLOP/s, % of measured fp32 matmul peak")
     ax2.set_title("efficiency", fontsize=9)
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -266,15 +272,24 @@ def chart(path: Path, results: dict[str, dict], title: str) -> str | None:
     return str(path)
 
 
-def measure_peaks(args, sizes) -> dict[str, dict]:
-    """Measured dense-matmul peak per dtype (on CPU, on a quiet machine when `--wait-idle` allows)."""
-    peaks = {}
+def model_shapes(preset: str) -> list[tuple[int, int, int]]:
+    """(m, k, n) of the verifier's own matmuls at 512 rows: MLP up and down, and a 2048-row slice of the LM head."""
+    cfg = build_config(preset)
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    return [(512, h, i), (512, i, h), (512, h, 2048)]
+
+
+def measure_peaks(args, sizes, previous: dict | None = None) -> dict[str, dict]:
+    """Measured dense-matmul peak per dtype (on CPU, on a quiet machine when `--wait-idle` allows); with `previous`,
+    the better of the two measurements."""
+    peaks = dict(previous or {})
+    shapes = None if args.quick else model_shapes(args.preset)
     for name, dt in DTYPES.items():
         for _ in range(1 + args.retries):
             if args.wait_idle and args.device.type == "cpu":
                 wait_idle(args.max_foreign, args.wait_idle)
             with ForeignLoad() as load:
-                peak = matmul_peak(dt, args.device, sizes)
+                peak = matmul_peak(dt, args.device, sizes, shapes)
             if peaks.get(name) is None or peak["flops_per_s"] > peaks[name]["flops_per_s"]:
                 peaks[name] = dict(peak, foreign_cpus=load.cpus)
             if load.cpus <= args.max_foreign or args.device.type != "cpu":
@@ -299,6 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
     methods, skipped = setup_methods(args, specs, models)
     print(f"{args.preset}: {work.summary()}", file=sys.stderr)
     runs = run_all(args, methods, work)
+    peaks = measure_peaks(args, sizes, peaks)  # again after the runs: the better of the two
     results = summarize(args, specs, methods, runs, work, flops, peaks)
     report = {
         "preset": args.preset,
@@ -310,15 +326,16 @@ def main(argv: list[str] | None = None) -> dict:
         "workload": work.summary(),
         "flops": flops,
         "reference": reference_name(runs, args.dtype),
+        "timing": "no sampler thread; CPU peak memory from VmHWM",  # earlier runs had a 2 ms RSS sampler thread
         "skipped": skipped,
         "results": results,
         "table": markdown_table(results),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if not args.no_chart:
-        report["chart"] = chart(
-            args.out.with_suffix(".png"), results, f"{args.preset}, {work.summary()['pairs']} pairs"
-        )
+        title = f"{args.preset} on {report['machine']['gpu'] or report['machine']['cpu']}: {len(work.pairs)} pairs "
+        title += f"({args.prompts} prompts x G={args.group_size})"
+        report["chart"] = chart(args.out.with_suffix(".png"), results, title)
     args.out.write_text(json.dumps(report, indent=1))
     print(report["table"])
     print(f"wrote {args.out}", file=sys.stderr)

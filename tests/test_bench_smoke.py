@@ -20,7 +20,7 @@ def report(tmp_path_factory) -> dict:
     finally:
         sys.path.remove(str(BENCH))
     out = tmp_path_factory.mktemp("bench") / "tiny.json"
-    bench_scoring.main(["--quick", "--preset", "tiny", "--device", "cpu", "--methods", "a,b,c,d,f,d:bfloat16",
+    bench_scoring.main(["--quick", "--preset", "tiny", "--device", "cpu", "--methods", "a,b,c,d,e,d:bfloat16",
                         "--no-chart", "--out", str(out)])  # fmt: skip
     return json.loads(out.read_text())
 
@@ -46,7 +46,7 @@ def test_numbers_are_recorded(report):
 
 def test_scores_match_the_naive_loop(report):
     results = report["results"]
-    for name in ("b", "c", "d", "f"):
+    for name in ("b", "c", "d", "e"):
         if name in results:
             assert results[name]["max_abs_score_diff"] <= 1e-4, name
     assert results["d:bfloat16"]["max_abs_score_diff"] <= 0.1  # bf16 weights: only loosely equal

@@ -1,5 +1,6 @@
 """Every fast path of the engine against the one-pair-at-a-time float32 reference."""
 
+import copy
 import math
 import random
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from tiny_models import build_model
 
-from cme_reward.engine import OutOfMemoryError, ScoringEngine, token_logprobs
+from cme_reward.engine import OutOfMemoryError, ScoringEngine, blocked_token_logprobs, token_logprobs
 from cme_reward.reference import reference_token_logprobs
 
 VOCAB = 300
@@ -40,12 +41,18 @@ def assert_matches_reference(model, pairs, got, atol=1e-4):
         torch.testing.assert_close(lp, ref, atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("prefix_sharing", [False, True])
+@pytest.mark.parametrize("prefix_sharing, min_shared", [(False, 32), (True, 32), (True, 0)])
 @pytest.mark.parametrize("budget, max_padding", [(1, math.inf), (64, 0.3), (100_000, 0.0), (100_000, math.inf)])
-def test_matches_reference(model, prefix_sharing, budget, max_padding):
+def test_matches_reference(model, prefix_sharing, min_shared, budget, max_padding):
     pairs = random_pairs(12, seed=budget, groups=3)
     random.Random(1).shuffle(pairs)
-    engine = ScoringEngine(model, max_tokens_per_batch=budget, prefix_sharing=prefix_sharing, max_padding=max_padding)
+    engine = ScoringEngine(
+        model,
+        max_tokens_per_batch=budget,
+        prefix_sharing=prefix_sharing,
+        max_padding=max_padding,
+        min_shared_tokens=min_shared,
+    )
     assert engine.split_head
     assert_matches_reference(model, pairs, engine.score(pairs))
 
@@ -76,6 +83,17 @@ def test_prefix_sharing_encodes_context_once(model):
     plain.score(pairs)
     assert shared.stats.tokens_forward == len(context) + 8 * 2
     assert plain.stats.tokens_forward == 8 * (len(context) + 2)
+
+
+@pytest.mark.parametrize("context_len, responses, shared", [(4, 8, 0), (5, 8, 1), (16, 2, 0), (16, 3, 1)])
+def test_context_shared_only_when_it_saves_enough(model, context_len, responses, shared):
+    """Sharing costs one more forward pass: it is used only when it saves >= min_shared_tokens forwarded tokens."""
+    context = list(range(1, 1 + context_len))
+    pairs = [(context, [7, k, k + 1]) for k in range(responses)]
+    engine = ScoringEngine(model, min_shared_tokens=32)
+    assert_matches_reference(model, pairs, engine.score(pairs))
+    plain_tokens = responses * (context_len + 2)
+    assert engine.stats.tokens_forward == (context_len + 2 * responses if shared else plain_tokens)
 
 
 def test_duplicates_scored_once(model):
@@ -130,6 +148,31 @@ def test_head_chunks_do_not_change_results(model):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_vocab_blocked_head_matches_chunked_head(model, dtype):
+    """Several vocabulary blocks, the last one partial (VOCAB=300, blocks of 64), both dtypes, both engine paths;
+    soft-capped heads (Gemma) keep the chunked head."""
+    pairs = random_pairs(6, seed=7, groups=2)
+    m = copy.deepcopy(model).to(dtype)
+    blocked = ScoringEngine(m, head_vocab_block=64, min_shared_tokens=0)
+    chunked = ScoringEngine(m, head_vocab_block=0, min_shared_tokens=0)
+    assert (blocked.head_vocab_block == 64) == (not getattr(m.config, "final_logit_softcapping", None))
+    assert chunked.head_vocab_block == 0
+    atol = 1e-5 if dtype == torch.float32 else 2e-2
+    for a, b in zip(blocked.score(pairs), chunked.score(pairs)):
+        torch.testing.assert_close(a, b, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("rows, block", [(2, 3), (7, 11), (1024, 4)])
+def test_blocked_token_logprobs_matches_log_softmax(rows, block):
+    torch.manual_seed(1)
+    hidden, weight = torch.randn(7, 5), torch.randn(11, 5)
+    targets = torch.randint(0, 11, (7,))
+    got = blocked_token_logprobs(hidden, targets, weight, rows=rows, vocab_block=block)
+    ref = torch.log_softmax(hidden @ weight.T, -1).gather(1, targets[:, None]).squeeze(1)
+    torch.testing.assert_close(got, ref)
+
+
 def test_token_logprobs_matches_log_softmax():
     torch.manual_seed(0)
     hidden, weight = torch.randn(7, 5), torch.randn(11, 5)
@@ -182,7 +225,7 @@ def test_padding_bound_and_budget(model):
     loose = ScoringEngine(model, prefix_sharing=False, max_padding=math.inf, max_tokens_per_batch=10_000)
     loose.score(pairs)
     assert loose.stats.forward_passes == 1 and loose.stats.padded_tokens == 7 * 34
-    shared = ScoringEngine(model, prefix_sharing=True, max_padding=0.0)
+    shared = ScoringEngine(model, prefix_sharing=True, max_padding=0.0, min_shared_tokens=0)
     assert_matches_reference(model, pairs, shared.score(pairs))
     assert shared.stats.forward_passes == 1 + len(set(lengths))  # the context is encoded once for all sub-batches
     assert shared.stats.tokens_forward == 5 + sum(n - 1 for n in lengths)

@@ -33,14 +33,14 @@ def disk(qwen_dir):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_logits_are_caught(qwen_dir, bad, monkeypatch, caplog):
     reward = CrossModelEntropyReward(qwen_dir)
-    real = reward.engine._project
+    real = reward.engine._logprobs
 
-    def poisoned(hidden):  # every chunk of logits gets one non-finite value, like a float16 overflow
-        logits = real(hidden).clone()
-        logits[0, 0] = bad
-        return logits
+    def poisoned(hidden, targets):  # every head pass yields one non-finite log-prob, like a float16 overflow
+        logprobs = real(hidden, targets).clone()
+        logprobs[0] = bad
+        return logprobs
 
-    monkeypatch.setattr(reward.engine, "_project", poisoned)
+    monkeypatch.setattr(reward.engine, "_logprobs", poisoned)
     with pytest.raises(FloatingPointError, match="non-finite"):
         reward.score(["Hi"], [" there"])
     with caplog.at_level(logging.WARNING):

@@ -4,11 +4,13 @@ The engine takes token-id pairs `(context_ids, response_ids)` and returns, for e
 response token given the context and the previous response tokens. How it stays fast:
 
 - identical pairs are scored once (`deduplicate`);
-- a context shared by several responses (a GRPO group) is encoded once and its KV cache is reused (`prefix_sharing`);
+- a context shared by several responses (a GRPO group) is encoded once and its KV cache is reused (`prefix_sharing`),
+  when that saves enough tokens to pay for the extra forward pass; the group's rows then go through the LM head in one
+  pass;
 - the other pairs are sorted longest first and packed into batches under a padded-token budget and a padding bound
   (none on CPU, where padding is pure waste), then put back in order;
-- the LM head and log-softmax run only on response positions, in chunks, so float32 `(batch, seq, vocab)` logits
-  never exist;
+- the LM head and log-softmax run only on response positions, in chunks (on CPU also blocked over the vocabulary, so
+  each logits block is reduced while it is in cache), so float32 `(batch, seq, vocab)` logits never exist;
 - a CUDA out-of-memory error splits the batch in two and lowers the budget for the rest of the run.
 """
 
@@ -51,6 +53,26 @@ def token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, project: Callabl
     return out
 
 
+def blocked_token_logprobs(
+    hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, rows: int = 1024, vocab_block: int = 2048
+) -> torch.Tensor:
+    """`token_logprobs` for a bias-free linear head `weight` (V, H), blocked over rows and vocabulary.
+
+    The float32 log-sum-exp of each (rows, vocab_block) logits block is taken while the block is still in cache, then
+    the blocks' log-sum-exps are combined; the target logit is the same dot product, rounded to the weights' dtype
+    like a matmul output. On CPU this avoids writing and re-reading (rows, V) float32 logits through memory.
+    hidden: (N, H); targets: (N,). Returns (N,) float32.
+    """
+    out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, targets.shape[0], rows):
+        h, t = hidden[start : start + rows], targets[start : start + rows]  # (n, H), (n,)
+        picked = (h.float() * weight[t].float()).sum(-1).to(weight.dtype).float()  # (n,)
+        blocks = range(0, weight.shape[0], vocab_block)
+        lse = torch.stack([torch.logsumexp((h @ weight[v : v + vocab_block].T).float(), -1) for v in blocks], -1)
+        out[start : start + rows] = picked - torch.logsumexp(lse, -1)  # (n, blocks) -> (n,)
+    return out
+
+
 class ScoringEngine:
     """Scores token-id pairs with a frozen causal LM (see the module docstring).
 
@@ -62,6 +84,11 @@ class ScoringEngine:
         deduplicate: score identical pairs once.
         max_padding: a batch grows only while its padding stays under this fraction of its real tokens; `None`:
             0 on CPU (same-length rows only), unbounded elsewhere (the token budget alone decides).
+        min_shared_tokens: share a context only when that saves at least this many forwarded tokens
+            ((responses - 1) x context length): encoding it apart costs one more forward pass, which on a 2-core CPU
+            costs about as much as 30 tokens of a 135M model.
+        head_vocab_block: vocabulary block of a bias-free, uncapped LM head (see `blocked_token_logprobs`); 0 turns
+            it off; `None`: 2048 on CPU, off elsewhere (on GPU the chunked head is already bandwidth-efficient).
     """
 
     def __init__(
@@ -73,12 +100,15 @@ class ScoringEngine:
         prefix_sharing: bool = True,
         deduplicate: bool = True,
         max_padding: float | None = None,
+        min_shared_tokens: int = 32,
+        head_vocab_block: int | None = None,
     ):
         self.model = model
         self.max_tokens_per_batch = max_tokens_per_batch
         self.max_rows: int | None = None  # optional cap on rows per forward pass
         self.prefix_sharing = prefix_sharing
         self.deduplicate = deduplicate
+        self.min_shared_tokens = min_shared_tokens
         self.stats = EngineStats()
         self.device = next(model.parameters()).device
         if max_padding is None:  # CPU: padding is pure waste and batching gains little; GPU: big batches keep it busy
@@ -89,6 +119,11 @@ class ScoringEngine:
         self.body = model.get_decoder()
         self._cache_kw = "cache" if "cache" in inspect.signature(self.body.forward).parameters else "past_key_values"
         self.split_head = self._head_matches_model()
+        plain_head = self.split_head and getattr(model.get_output_embeddings(), "bias", None) is None
+        plain_head = plain_head and not getattr(model.config, "final_logit_softcapping", None)
+        if head_vocab_block is None:
+            head_vocab_block = 2048 if self.device.type == "cpu" else 0
+        self.head_vocab_block = head_vocab_block if plain_head else 0
         if not self.split_head:
             logger.warning(
                 "%s does not produce logits as lm_head(hidden states); scoring through the full model forward "
@@ -107,6 +142,13 @@ class ScoringEngine:
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         return logits
+
+    def _logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(N, H) hidden states (logits without a split head), (N,) targets -> (N,) float32 log-probs."""
+        if self.head_vocab_block:
+            weight = self.model.get_output_embeddings().weight
+            return blocked_token_logprobs(hidden, targets, weight, vocab_block=self.head_vocab_block)
+        return token_logprobs(hidden, targets, self._project, self.head_chunk)
 
     def _forward(self, input_ids, attention_mask, cache=None) -> torch.Tensor:
         """(B, T) ids -> (B, T, H) last hidden states, or (B, T, V) logits without a split head."""
@@ -165,7 +207,8 @@ class ScoringEngine:
             for i, (c, r) in enumerate(todo):
                 if r:
                     by_context.setdefault(c, []).append(i)
-            groups = [g for g in by_context.values() if len(g) > 1]
+            saved = self.min_shared_tokens  # forwarded tokens a group must save to be worth its extra pass
+            groups = [g for c, g in by_context.items() if len(g) > 1 and (len(g) - 1) * len(c) >= saved]
             grouped = {i for g in groups for i in g}
             singles = [i for i in singles if i not in grouped]
             groups.sort(key=lambda g: -len(todo[g[0]][0]) - max(len(todo[i][1]) for i in g))
@@ -233,8 +276,7 @@ class ScoringEngine:
         """Log-probs of `targets` predicted at `hidden[row_idx, pos_idx]`, split into one CPU tensor per pair."""
         dev = self.device
         picked = hidden[torch.tensor(row_idx, device=dev), torch.tensor(pos_idx, device=dev)]  # (N, H)
-        lp = token_logprobs(picked, torch.tensor(targets, device=dev), self._project, self.head_chunk)
-        return list(lp.cpu().split(sizes))
+        return list(self._logprobs(picked, torch.tensor(targets, device=dev)).cpu().split(sizes))
 
     def _rows_forward(self, todo, rows: list[int], lengths: list[int]) -> list[torch.Tensor]:
         B, T = len(rows), max(lengths)
@@ -258,7 +300,8 @@ class ScoringEngine:
     # ---- prefix sharing -----------------------------------------------------------------------------------------
 
     def _score_group(self, todo, group: list[int], results, progress) -> None:
-        """Responses sharing one context: encode the context once, then run the responses on copies of its KV cache."""
+        """Responses sharing one context: encode the context once, run the responses on copies of its KV cache, then
+        the LM head once over all of the group's rows (big head matmuls even when each response runs alone)."""
         context = todo[group[0]][0]
         ctx = torch.tensor([context], device=self.device)
         cache = self._new_cache()
@@ -268,33 +311,39 @@ class ScoringEngine:
             self._on_oom(len(context), 1)
         self.stats.tokens_forward += len(context)
         self.stats.padded_tokens += len(context)
-        first = torch.tensor([todo[i][1][0] for i in group], device=self.device)
-        first_lp = token_logprobs(last.expand(len(group), -1), first, self._project, self.head_chunk).cpu()  # (G,)
-        firsts = dict(zip(group, first_lp.split(1)))
         order = sorted(group, key=lambda i: -len(todo[i][1]))
+        hidden: dict[int, torch.Tensor] = {}  # pair -> (len(response) - 1, H): row t predicts response token t + 1
         # response inputs: every response token but the last; attention also reads the cached context
         for batch in self._pack(order, lambda i: len(todo[i][1]) - 1, extra=len(context)):
-            self._group_batch(todo, batch, cache, firsts, results, progress)
+            self._group_batch(todo, batch, cache, hidden)
+        rows = torch.cat([last.expand(len(order), -1)] + [hidden.get(i, last[:0]) for i in order])  # (sum len, H)
+        targets = [todo[i][1][0] for i in order] + [t for i in order for t in todo[i][1][1:]]
+        lp = self._logprobs(rows, torch.tensor(targets, device=self.device)).cpu()
+        rests = lp[len(order) :].split([len(todo[i][1]) - 1 for i in order])
+        for k, (i, rest) in enumerate(zip(order, rests)):
+            results[i] = torch.cat([lp[k : k + 1], rest])
+        if progress:
+            progress(sum(len(todo[i][1]) for i in order))
 
-    def _group_batch(self, todo, batch: list[int], cache, firsts, results, progress) -> None:
+    def _group_batch(self, todo, batch: list[int], cache, hidden: dict) -> None:
+        """Hidden states of the batch's response inputs into `hidden`; splits in two on out-of-memory."""
         responses = [todo[i][1] for i in batch]
         Tc, T = len(todo[batch[0]][0]), max(len(r) for r in responses) - 1
+        if T == 0:  # one-token responses: only the context's last position predicts anything
+            return
         try:
-            rests = self._group_forward(Tc, responses, cache) if T > 0 else [torch.empty(0)] * len(batch)
+            out = self._group_forward(Tc, responses, cache)
         except OutOfMemoryError:
             self._on_oom(len(batch) * (Tc + T), len(batch))
             half = len(batch) // 2
-            self._group_batch(todo, batch[:half], cache, firsts, results, progress)
-            self._group_batch(todo, batch[half:], cache, firsts, results, progress)
+            self._group_batch(todo, batch[:half], cache, hidden)
+            self._group_batch(todo, batch[half:], cache, hidden)
             return
-        for i, rest in zip(batch, rests):
-            results[i] = torch.cat([firsts[i], rest])
-        if progress:
-            progress(sum(len(r) for r in responses))
+        hidden.update(zip(batch, out))
 
     def _group_forward(self, Tc: int, responses, context_cache) -> list[torch.Tensor]:
-        """Responses (each >= 2 tokens long but for padding) on a copy of the context's KV cache -> log-probs of
-        each response's tokens after the first."""
+        """Responses (each >= 2 tokens long but for padding) on a copy of the context's KV cache -> per response, the
+        (len - 1, H) hidden states (logits without a split head) of its inputs."""
         B, T = len(responses), max(len(r) for r in responses) - 1
         cache = copy.deepcopy(context_cache)  # the forward appends to the cache: keep the context's own intact
         if B > 1:
@@ -302,16 +351,10 @@ class ScoringEngine:
         ids = torch.zeros(B, T, dtype=torch.long)
         mask = torch.zeros(B, Tc + T, dtype=torch.long)
         mask[:, :Tc] = 1
-        row_idx, pos_idx, targets, sizes = [], [], [], []
         for b, r in enumerate(responses):
-            n = len(r) - 1
-            ids[b, :n] = torch.tensor(r[:-1])
-            mask[b, Tc : Tc + n] = 1
-            row_idx += [b] * n
-            pos_idx += range(n)  # response position t predicts response token t + 1
-            targets += r[1:]
-            sizes.append(n)
-        self.stats.tokens_forward += sum(sizes)
+            ids[b, : len(r) - 1] = torch.tensor(r[:-1])
+            mask[b, Tc : Tc + len(r) - 1] = 1
+        self.stats.tokens_forward += sum(len(r) - 1 for r in responses)
         self.stats.padded_tokens += B * T
         hidden = self._forward(ids.to(self.device), mask.to(self.device), cache)  # (B, T, H)
-        return self._gathered_logprobs(hidden, row_idx, pos_idx, targets, sizes)
+        return [hidden[b, : len(r) - 1] for b, r in enumerate(responses)]
