@@ -54,22 +54,25 @@ def token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, project: Callabl
 
 
 def blocked_token_logprobs(
-    hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, rows: int = 1024, vocab_block: int = 2048
+    hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, rows: int = 512, vocab_block: int = 1024
 ) -> torch.Tensor:
     """`token_logprobs` for a bias-free linear head `weight` (V, H), blocked over rows and vocabulary.
 
-    The float32 log-sum-exp of each (rows, vocab_block) logits block is taken while the block is still in cache, then
-    the blocks' log-sum-exps are combined; the target logit is the same dot product, rounded to the weights' dtype
-    like a matmul output. On CPU this avoids writing and re-reading (rows, V) float32 logits through memory.
-    hidden: (N, H); targets: (N,). Returns (N,) float32.
+    The float32 log-sum-exp of each (rows, vocab_block) logits block is taken in place while the block is still in
+    cache, then the blocks' log-sum-exps are combined; the target logit is the same dot product, rounded to the
+    weights' dtype like a matmul output. On CPU this avoids writing and re-reading (rows, V) float32 logits through
+    memory. hidden: (N, H); targets: (N,). Returns (N,) float32.
     """
     out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, targets.shape[0], rows):
         h, t = hidden[start : start + rows], targets[start : start + rows]  # (n, H), (n,)
         picked = (h.float() * weight[t].float()).sum(-1).to(weight.dtype).float()  # (n,)
-        blocks = range(0, weight.shape[0], vocab_block)
-        lse = torch.stack([torch.logsumexp((h @ weight[v : v + vocab_block].T).float(), -1) for v in blocks], -1)
-        out[start : start + rows] = picked - torch.logsumexp(lse, -1)  # (n, blocks) -> (n,)
+        lse = []
+        for v in range(0, weight.shape[0], vocab_block):
+            logits = (h @ weight[v : v + vocab_block].T).float()  # (n, block), a fresh tensor: safe to overwrite
+            top = logits.amax(-1, keepdim=True)  # (n, 1)
+            lse.append(logits.sub_(top).exp_().sum(-1).log_().add_(top.squeeze(-1)))  # (n,)
+        out[start : start + rows] = picked - torch.logsumexp(torch.stack(lse, -1), -1)  # (n, blocks) -> (n,)
     return out
 
 
@@ -88,7 +91,7 @@ class ScoringEngine:
             ((responses - 1) x context length): encoding it apart costs one more forward pass, which on a 2-core CPU
             costs about as much as 30 tokens of a 135M model.
         head_vocab_block: vocabulary block of a bias-free, uncapped LM head (see `blocked_token_logprobs`); 0 turns
-            it off; `None`: 2048 on CPU, off elsewhere (on GPU the chunked head is already bandwidth-efficient).
+            it off; `None`: 1024 on CPU, off elsewhere (on GPU the chunked head is already bandwidth-efficient).
     """
 
     def __init__(
@@ -122,7 +125,7 @@ class ScoringEngine:
         plain_head = self.split_head and getattr(model.get_output_embeddings(), "bias", None) is None
         plain_head = plain_head and not getattr(model.config, "final_logit_softcapping", None)
         if head_vocab_block is None:
-            head_vocab_block = 2048 if self.device.type == "cpu" else 0
+            head_vocab_block = 1024 if self.device.type == "cpu" else 0
         self.head_vocab_block = head_vocab_block if plain_head else 0
         if not self.split_head:
             logger.warning(
