@@ -19,6 +19,7 @@ LABELS = {
     "c": "(c) cme, no prefix sharing",
     "d": "(d) cme full",
     "e": "(e) cme full, chunked head (no vocab blocks)",
+    "g": "(g) cme full + packing of short pairs (pack_tokens=256)",
 }
 
 
@@ -39,10 +40,21 @@ def naive(model: torch.nn.Module, **_) -> Method:
 
 
 def engine(
-    model: torch.nn.Module, *, budget: int, prefix_sharing: bool, key: str | None = None, head_vocab_block=None, **_
+    model: torch.nn.Module,
+    *,
+    budget: int,
+    prefix_sharing: bool,
+    key: str | None = None,
+    head_vocab_block: int | None = None,
+    pack_tokens: int = 0,
+    **_,
 ) -> Method:
     eng = ScoringEngine(
-        model, max_tokens_per_batch=budget, prefix_sharing=prefix_sharing, head_vocab_block=head_vocab_block
+        model,
+        max_tokens_per_batch=budget,
+        prefix_sharing=prefix_sharing,
+        head_vocab_block=head_vocab_block,
+        pack_tokens=pack_tokens,
     )
     key = key or ("d" if prefix_sharing else "c")
 
@@ -53,7 +65,8 @@ def engine(
 
     def stats() -> dict:
         return dict(vars(eng.stats), max_tokens_per_batch=budget, head_chunk=eng.head_chunk,
-                    head_vocab_block=eng.head_vocab_block, min_shared_tokens=eng.min_shared_tokens)  # fmt: skip
+                    head_vocab_block=eng.head_vocab_block, min_shared_tokens=eng.min_shared_tokens,
+                    pack_tokens=eng.pack_tokens)  # fmt: skip
 
     return Method(key, LABELS[key], run, stats, notes=f"ScoringEngine(max_tokens_per_batch={budget})")
 
@@ -98,6 +111,7 @@ FACTORIES: dict[str, Callable[..., Method | str]] = {
     "c": lambda model, **kw: engine(model, prefix_sharing=False, **kw),
     "d": lambda model, **kw: engine(model, prefix_sharing=True, **kw),
     "e": lambda model, **kw: engine(model, prefix_sharing=True, key="e", head_vocab_block=0, **kw),
+    "g": lambda model, **kw: engine(model, prefix_sharing=True, key="g", pack_tokens=256, **kw),
 }
 
 

@@ -46,7 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--response-len", type=int, nargs=2, metavar=("LO", "HI"), help="default 50 300")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of methods without :DTYPE")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--methods", default="a,b,c,d", help="comma list of KEY or KEY:DTYPE, KEY in a,b,c,d")
+    p.add_argument(
+        "--methods",
+        default="a,b,c,d",
+        help="comma list of KEY or KEY:DTYPE; KEY: a naive, b lm-eval, c no prefix sharing, d full, "
+        "e chunked head, g packing",
+    )
     p.add_argument("--budget", type=int, default=8192, help="cme max_tokens_per_batch")
     p.add_argument(
         "--lm-eval-batch-size",

@@ -108,18 +108,25 @@ def test_duplicates_scored_once(model):
     assert nodedup.stats.tokens_forward == 5 * 4 + 3 * 2
 
 
-@pytest.mark.parametrize("prefix_sharing", [False, True])
-def test_oom_splits_and_retries(model, prefix_sharing, monkeypatch):
-    """An injected CUDA out-of-memory error on any pass with more than 2 rows: same scores, smaller budget."""
+@pytest.mark.parametrize("prefix_sharing, pack_tokens", [(False, 0), (True, 0), (False, 64)])
+def test_oom_splits_and_retries(model, prefix_sharing, pack_tokens, monkeypatch):
+    """An injected CUDA out-of-memory error on any pass with more than 2 sequences: same scores, smaller budget."""
     pairs = random_pairs(10, seed=9, groups=2, group_size=6)
     expected = ScoringEngine(model, prefix_sharing=prefix_sharing).score(pairs)
-    engine = ScoringEngine(model, max_tokens_per_batch=100_000, prefix_sharing=prefix_sharing, max_padding=math.inf)
+    engine = ScoringEngine(
+        model,
+        max_tokens_per_batch=100_000,
+        prefix_sharing=prefix_sharing,
+        max_padding=math.inf,
+        pack_tokens=pack_tokens,
+    )
     real_forward = engine._forward
 
-    def flaky_forward(input_ids, attention_mask, cache=None):
-        if input_ids.shape[0] > 2:
+    def flaky_forward(input_ids, attention_mask, cache=None, position_ids=None):
+        sequences = input_ids.shape[0] if position_ids is None else int((position_ids == 0).sum())  # packed rows
+        if sequences > 2:
             raise OutOfMemoryError("CUDA out of memory (injected)")
-        return real_forward(input_ids, attention_mask, cache)
+        return real_forward(input_ids, attention_mask, cache, position_ids)
 
     monkeypatch.setattr(engine, "_forward", flaky_forward)
     got = engine.score(pairs)
@@ -218,14 +225,47 @@ def test_padding_bound_and_budget(model):
     """Batches hold at most `max_padding` padding and at most the token budget; the context cache is reused."""
     lengths = [30, 29, 20, 10, 10, 10, 3]
     pairs = [([1] * 5, [2 + k] * n) for k, n in enumerate(lengths)]  # distinct pairs: no deduplication
-    tight = ScoringEngine(model, prefix_sharing=False, max_padding=0.0)
+    tight = ScoringEngine(model, prefix_sharing=False, max_padding=0.0, pack_tokens=0)
     tight.score(pairs)
     assert tight.stats.padded_tokens == tight.stats.tokens_forward  # no padding at all
     assert tight.stats.forward_passes == len(set(lengths))  # equal lengths still share a pass
-    loose = ScoringEngine(model, prefix_sharing=False, max_padding=math.inf, max_tokens_per_batch=10_000)
+    loose = ScoringEngine(
+        model, prefix_sharing=False, max_padding=math.inf, max_tokens_per_batch=10_000, pack_tokens=0
+    )
     loose.score(pairs)
     assert loose.stats.forward_passes == 1 and loose.stats.padded_tokens == 7 * 34
-    shared = ScoringEngine(model, prefix_sharing=True, max_padding=0.0, min_shared_tokens=0)
+    shared = ScoringEngine(model, prefix_sharing=True, max_padding=0.0, min_shared_tokens=0, pack_tokens=0)
     assert_matches_reference(model, pairs, shared.score(pairs))
     assert shared.stats.forward_passes == 1 + len(set(lengths))  # the context is encoded once for all sub-batches
     assert shared.stats.tokens_forward == 5 + sum(n - 1 for n in lengths)
+
+
+def test_short_pairs_are_packed_without_padding(model):
+    """Pairs of 9-39 tokens go end to end into rows of at most 64 tokens; each attends only to itself."""
+    pairs = random_pairs(10, seed=21, max_len=20)
+    lengths = [len(c) + len(r) - 1 for c, r in pairs]
+    engine = ScoringEngine(model, pack_tokens=64, prefix_sharing=False)
+    assert engine.pack_tokens == 64
+    assert_matches_reference(model, pairs, engine.score(pairs))
+    assert engine.stats.padded_tokens == engine.stats.tokens_forward == sum(lengths)  # no padding, nothing twice
+    assert engine.stats.forward_passes >= math.ceil(sum(lengths) / 64)
+    assert engine.stats.forward_passes < len(set(lengths))  # fewer passes than same-length batching needs
+    off = ScoringEngine(model, pack_tokens=0, prefix_sharing=False)
+    for a, b in zip(engine.score(pairs), off.score(pairs)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_packing_turned_off_when_the_model_mixes_packed_sequences(model, monkeypatch, caplog):
+    """A model that ignores position ids would let packed sequences attend to each other: the probe catches it."""
+    real = ScoringEngine._forward
+
+    def no_position_ids(self, input_ids, attention_mask, cache=None, position_ids=None):
+        return real(self, input_ids, attention_mask, cache)
+
+    monkeypatch.setattr(ScoringEngine, "_forward", no_position_ids)
+    with caplog.at_level("WARNING"):
+        engine = ScoringEngine(model, pack_tokens=64)
+    assert engine.pack_tokens == 0
+    assert "packing is off" in caplog.text
+    pairs = random_pairs(6, seed=4, max_len=12)
+    assert_matches_reference(model, pairs, engine.score(pairs))

@@ -282,6 +282,9 @@ def test_bad_options_raise(qwen_dir):
         CrossModelEntropyReward(qwen_dir, reduction="median")
     with pytest.raises(ValueError, match="max_tokens_per_batch"):
         CrossModelEntropyReward(qwen_dir, max_tokens_per_batch=0)
+    for bad in (1, -5, 2.5, True):
+        with pytest.raises(ValueError, match=r"pack_tokens must be 0 \(off\) or an int >= 2"):
+            CrossModelEntropyReward(qwen_dir, pack_tokens=bad)
     with pytest.raises(ValueError, match="dtype"):
         CrossModelEntropyReward(qwen_dir, dtype="int8")
     with pytest.raises(ValueError, match="CUDA"):
@@ -312,3 +315,11 @@ def test_token_strings_keep_multibyte_characters_whole(reward):
     assert "".join(ts.tokens) == text
     assert "\ufffd" not in "".join(ts.tokens)
     assert len(ts.tokens) == len(ts.token_ids) > len(text.split())
+
+
+def test_packing_gives_the_same_scores(qwen_dir, reward):
+    packed = CrossModelEntropyReward(qwen_dir, pack_tokens=48)
+    assert packed.engine.pack_tokens == 48
+    prompts, responses = [p for p, _ in TEXT_PAIRS], [r for _, r in TEXT_PAIRS]
+    assert packed.score(prompts, responses) == pytest.approx(reward.score(prompts, responses), abs=1e-5)
+    assert packed.engine.stats.padded_tokens == packed.engine.stats.tokens_forward  # packed rows have no padding

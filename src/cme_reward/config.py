@@ -34,6 +34,12 @@ class CMEConfig:
             A batch grows only while its padding stays under this fraction of its real tokens. `None`: 0 on CPU
             (only same-length rows share a pass: padding is pure waste there and batching gains little), unbounded
             on GPU (the token budget alone decides).
+        pack_tokens (`int`, defaults to `0`):
+            Pack short pairs end to end into padding-free rows of at most this many tokens (position ids restart per
+            pair and the model's packed-sequence masking keeps them apart; checked on a probe at load, and turned off
+            with a warning where it does not hold). `0` (default) turns it off: on the 2-core CPU it measured no
+            clear win (0.98-1.10x on 48 pairs of 40-200 tokens); it is meant for GPUs with FlashAttention-2 or flex
+            attention, where a packed row costs no padding and no dense mask.
     """
 
     max_tokens_per_batch: int = 8192
@@ -44,6 +50,7 @@ class CMEConfig:
     deduplicate: bool = True
     head_chunk_tokens: int | None = None
     max_padding: float | None = None
+    pack_tokens: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens_per_batch, int) or self.max_tokens_per_batch < 1:
@@ -63,3 +70,6 @@ class CMEConfig:
             raise ValueError(f"head_chunk_tokens must be a positive int or None, got {self.head_chunk_tokens!r}")
         if self.max_padding is not None and (not isinstance(self.max_padding, (int, float)) or self.max_padding < 0):
             raise ValueError(f"max_padding must be a float >= 0 or None, got {self.max_padding!r}")
+        packing = isinstance(self.pack_tokens, int) and not isinstance(self.pack_tokens, bool)
+        if not packing or self.pack_tokens < 0 or self.pack_tokens == 1:
+            raise ValueError(f"pack_tokens must be 0 (off) or an int >= 2, got {self.pack_tokens!r}")

@@ -8,7 +8,8 @@ response token given the context and the previous response tokens. How it stays 
   when that saves enough tokens to pay for the extra forward pass; the group's rows then go through the LM head in one
   pass;
 - the other pairs are sorted longest first and packed into batches under a padded-token budget and a padding bound
-  (none on CPU, where padding is pure waste), then put back in order;
+  (none on CPU, where padding is pure waste), then put back in order; optionally (`pack_tokens`) short pairs are
+  first packed end to end into padding-free rows, each attending only to itself;
 - the LM head and log-softmax run only on response positions, in chunks (on CPU also blocked over the vocabulary, so
   each logits block is reduced while it is in cache), so float32 `(batch, seq, vocab)` logits never exist;
 - a CUDA out-of-memory error splits the batch in two and lowers the budget for the rest of the run.
@@ -90,6 +91,9 @@ class ScoringEngine:
         min_shared_tokens: share a context only when that saves at least this many forwarded tokens
             ((responses - 1) x context length): encoding it apart costs one more forward pass, which on a 2-core CPU
             costs about as much as 30 tokens of a 135M model.
+        pack_tokens: short pairs are packed end to end into padding-free rows of at most this many tokens, with
+            restarted position ids (the model's own packed-sequence masking keeps them apart); 0 (default) turns it
+            off. Turned off, with a warning, when the model does not keep packed sequences apart (checked on a probe).
         head_vocab_block: vocabulary block of a bias-free, uncapped LM head (see `blocked_token_logprobs`); 0 turns
             it off; `None`: 1024 on CPU, off elsewhere (on GPU the chunked head is already bandwidth-efficient).
     """
@@ -104,6 +108,7 @@ class ScoringEngine:
         deduplicate: bool = True,
         max_padding: float | None = None,
         min_shared_tokens: int = 32,
+        pack_tokens: int = 0,
         head_vocab_block: int | None = None,
     ):
         self.model = model
@@ -127,6 +132,7 @@ class ScoringEngine:
         if head_vocab_block is None:
             head_vocab_block = 1024 if self.device.type == "cpu" else 0
         self.head_vocab_block = head_vocab_block if plain_head else 0
+        self.pack_tokens = pack_tokens if pack_tokens >= 2 and self._packing_matches_rows() else 0
         if not self.split_head:
             logger.warning(
                 "%s does not produce logits as lm_head(hidden states); scoring through the full model forward "
@@ -153,10 +159,13 @@ class ScoringEngine:
             return blocked_token_logprobs(hidden, targets, weight, vocab_block=self.head_vocab_block)
         return token_logprobs(hidden, targets, self._project, self.head_chunk)
 
-    def _forward(self, input_ids, attention_mask, cache=None) -> torch.Tensor:
-        """(B, T) ids -> (B, T, H) last hidden states, or (B, T, V) logits without a split head."""
+    def _forward(self, input_ids, attention_mask, cache=None, position_ids=None) -> torch.Tensor:
+        """(B, T) ids -> (B, T, H) last hidden states, or (B, T, V) logits without a split head. A packed row has
+        no attention mask and position ids that restart at each sequence."""
         self.stats.forward_passes += 1
         kwargs = {"attention_mask": attention_mask, "use_cache": cache is not None}
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
         if cache is not None:
             kwargs[self._cache_kw] = cache
         if self.split_head:
@@ -179,6 +188,28 @@ class ScoringEngine:
             self.stats = EngineStats()
         tol = 1e-4 if next(self.model.parameters()).dtype == torch.float32 else 2e-2
         return bool((full - split).abs().max() <= tol * (1 + full.abs().max()))
+
+    @torch.inference_mode()
+    def _packing_matches_rows(self) -> bool:
+        """True when two sequences packed in one row (restarted position ids, no mask) give the hidden states they
+        give alone: the model builds a packed-sequence mask from the position ids (transformers >= 4.54 does)."""
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        a, b = torch.arange(3, 10, device=self.device) % vocab, torch.arange(20, 25, device=self.device) % vocab
+        try:
+            alone = torch.cat([self._forward(x[None], torch.ones_like(x[None]))[0] for x in (a, b)]).float()
+            pos = torch.cat([torch.arange(len(a)), torch.arange(len(b))])[None].to(self.device)
+            packed = self._forward(torch.cat([a, b])[None], None, position_ids=pos)[0].float()
+        except Exception as err:  # noqa: BLE001 - any failure means: do not pack for this model
+            logger.debug("packing probe failed: %s", err)
+            ok = False
+        else:
+            tol = 1e-4 if next(self.model.parameters()).dtype == torch.float32 else 2e-2
+            ok = bool((alone - packed).abs().max() <= tol * (1 + alone.abs().max()))
+        finally:
+            self.stats = EngineStats()
+        if not ok:
+            logger.warning("%s does not keep packed sequences apart: packing is off", type(self.model).__name__)
+        return ok
 
     def _new_cache(self):
         from transformers import DynamicCache
@@ -219,6 +250,11 @@ class ScoringEngine:
                 self._score_group(todo, group, results, progress)
 
         singles.sort(key=lambda i: -(len(todo[i][0]) + len(todo[i][1])))  # longest first: OOM shows at once
+        if self.pack_tokens:
+            rows = self._bins(singles, lambda i: len(todo[i][0]) + len(todo[i][1]) - 1)
+            for row in (r for r in rows if len(r) > 1):
+                self._score_packed(todo, row, results, progress)
+            singles = [r[0] for r in rows if len(r) == 1]
         for batch in self._pack(singles, lambda i: len(todo[i][0]) + len(todo[i][1]) - 1):
             self._score_rows(todo, batch, results, progress)
         return [results[s] for s in slot]
@@ -243,6 +279,21 @@ class ScoringEngine:
             batches.append([i])
             real = length(i)
         return batches
+
+    def _bins(self, order: list[int], length: Callable[[int], int]) -> list[list[int]]:
+        """First-fit-decreasing rows of `order` (sorted longest first) holding at most `pack_tokens` tokens."""
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for i in order:
+            n = length(i)
+            k = next((k for k, free in enumerate(room) if free >= n), None)
+            if k is None:
+                rows.append([i])
+                room.append(self.pack_tokens - n)
+            else:
+                rows[k].append(i)
+                room[k] -= n
+        return rows
 
     def _on_oom(self, padded: int, rows: int) -> None:
         if rows <= 1:
@@ -274,6 +325,35 @@ class ScoringEngine:
             results[i] = lp
         if progress:
             progress(sum(len(todo[i][1]) for i in rows))
+
+    def _score_packed(self, todo, row: list[int], results, progress) -> None:
+        """Pairs packed end to end in one padding-free row; splits in two on out-of-memory."""
+        lengths = [len(todo[i][0]) + len(todo[i][1]) - 1 for i in row]
+        try:
+            ids, pos, row_idx, pos_idx, targets, sizes = [], [], [], [], [], []
+            for i, n in zip(row, lengths):
+                c, r = todo[i]
+                pos_idx += range(len(ids) + len(c) - 1, len(ids) + n)  # position t predicts token t + 1
+                ids += (c + r)[:n]
+                pos += range(n)
+                row_idx += [0] * len(r)
+                targets += r
+                sizes.append(len(r))
+            self.stats.tokens_forward += len(ids)
+            self.stats.padded_tokens += len(ids)
+            ids_t, pos_t = torch.tensor([ids], device=self.device), torch.tensor([pos], device=self.device)
+            hidden = self._forward(ids_t, None, position_ids=pos_t)  # (1, T, H)
+            out = self._gathered_logprobs(hidden, row_idx, pos_idx, targets, sizes)
+        except OutOfMemoryError:
+            self._on_oom(sum(lengths), len(row))
+            half = len(row) // 2
+            self._score_packed(todo, row[:half], results, progress)
+            self._score_packed(todo, row[half:], results, progress)
+            return
+        for i, lp in zip(row, out):
+            results[i] = lp
+        if progress:
+            progress(sum(sizes))
 
     def _gathered_logprobs(self, hidden, row_idx, pos_idx, targets, sizes) -> list[torch.Tensor]:
         """Log-probs of `targets` predicted at `hidden[row_idx, pos_idx]`, split into one CPU tensor per pair."""

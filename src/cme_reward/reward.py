@@ -55,7 +55,8 @@ class CrossModelEntropyReward:
         empty_value (`float`, *optional*): score of an empty response. `None` (default): TRL turns it into NaN and
             ignores it (`nansum`); a float acts as a floor.
         prefix_sharing (`bool`, defaults to `True`), deduplicate (`bool`, defaults to `True`),
-        head_chunk_tokens (`int`, *optional*), max_padding (`float`, *optional*): engine options, see [`CMEConfig`].
+        head_chunk_tokens (`int`, *optional*), max_padding (`float`, *optional*), pack_tokens (`int`, defaults to
+            `0`): engine options, see [`CMEConfig`].
         show_progress_bar (`bool`, *optional*): tqdm bar over scored tokens; `None` shows it when logging is at INFO.
         name (`str`, defaults to `"cross_model_entropy"`): the `__name__` TRL uses for log keys
             (`rewards/<name>/mean`).
@@ -95,6 +96,7 @@ class CrossModelEntropyReward:
         deduplicate: bool = True,
         head_chunk_tokens: int | None = None,
         max_padding: float | None = None,
+        pack_tokens: int = 0,
         show_progress_bar: bool | None = None,
         name: str | None = None,
     ):
@@ -111,6 +113,7 @@ class CrossModelEntropyReward:
             deduplicate=deduplicate,
             head_chunk_tokens=head_chunk_tokens,
             max_padding=max_padding,
+            pack_tokens=pack_tokens,
         )
         self.show_progress_bar = show_progress_bar
         # what pickling needs to rebuild the verifier in another process (AsyncGRPO's CPU-only child)
@@ -149,6 +152,7 @@ class CrossModelEntropyReward:
             prefix_sharing=self.config.prefix_sharing,
             deduplicate=self.config.deduplicate,
             max_padding=self.config.max_padding,
+            pack_tokens=self.config.pack_tokens,
         )
         self._lock = threading.Lock()  # one engine, one forward at a time; scores do not depend on interleaving
         # cumulative cost: calls, pairs, response tokens scored, tokens run through the verifier body, seconds
