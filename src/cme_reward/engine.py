@@ -253,7 +253,7 @@ class ScoringEngine:
         if self.pack_tokens:
             rows = self._bins(singles, lambda i: len(todo[i][0]) + len(todo[i][1]) - 1)
             for row in (r for r in rows if len(r) > 1):
-                self._score_packed(todo, row, results, progress)
+                self._score_rows(todo, row, results, progress, packed=True)
             singles = [r[0] for r in rows if len(r) == 1]
         for batch in self._pack(singles, lambda i: len(todo[i][0]) + len(todo[i][1]) - 1):
             self._score_rows(todo, batch, results, progress)
@@ -309,51 +309,38 @@ class ScoringEngine:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _score_rows(self, todo, rows: list[int], results, progress) -> None:
-        """Independent pairs, right-padded into one batch; splits in two on out-of-memory."""
+    def _score_rows(self, todo, rows: list[int], results, progress, packed: bool = False) -> None:
+        """Independent pairs, right-padded into one batch (or, `packed`, end to end in one padding-free row); splits
+        in two on out-of-memory."""
         lengths = [len(todo[i][0]) + len(todo[i][1]) - 1 for i in rows]  # the last token is never an input
-        padded = len(rows) * max(lengths)
+        size = sum(lengths) if packed else len(rows) * max(lengths)
         try:
-            out = self._rows_forward(todo, rows, lengths)
+            out = (self._packed_forward if packed else self._rows_forward)(todo, rows, lengths)
         except OutOfMemoryError:
-            self._on_oom(padded, len(rows))
+            self._on_oom(size, len(rows))
             half = len(rows) // 2
-            self._score_rows(todo, rows[:half], results, progress)
-            self._score_rows(todo, rows[half:], results, progress)
+            self._score_rows(todo, rows[:half], results, progress, packed)
+            self._score_rows(todo, rows[half:], results, progress, packed)
             return
         for i, lp in zip(rows, out):
             results[i] = lp
         if progress:
             progress(sum(len(todo[i][1]) for i in rows))
 
-    def _score_packed(self, todo, row: list[int], results, progress) -> None:
-        """Pairs packed end to end in one padding-free row; splits in two on out-of-memory."""
-        lengths = [len(todo[i][0]) + len(todo[i][1]) - 1 for i in row]
-        try:
-            ids, pos, row_idx, pos_idx, targets, sizes = [], [], [], [], [], []
-            for i, n in zip(row, lengths):
-                c, r = todo[i]
-                pos_idx += range(len(ids) + len(c) - 1, len(ids) + n)  # position t predicts token t + 1
-                ids += (c + r)[:n]
-                pos += range(n)
-                row_idx += [0] * len(r)
-                targets += r
-                sizes.append(len(r))
-            self.stats.tokens_forward += len(ids)
-            self.stats.padded_tokens += len(ids)
-            ids_t, pos_t = torch.tensor([ids], device=self.device), torch.tensor([pos], device=self.device)
-            hidden = self._forward(ids_t, None, position_ids=pos_t)  # (1, T, H)
-            out = self._gathered_logprobs(hidden, row_idx, pos_idx, targets, sizes)
-        except OutOfMemoryError:
-            self._on_oom(sum(lengths), len(row))
-            half = len(row) // 2
-            self._score_packed(todo, row[:half], results, progress)
-            self._score_packed(todo, row[half:], results, progress)
-            return
-        for i, lp in zip(row, out):
-            results[i] = lp
-        if progress:
-            progress(sum(sizes))
+    def _packed_forward(self, todo, rows: list[int], lengths: list[int]) -> list[torch.Tensor]:
+        ids, pos, pos_idx, targets, sizes = [], [], [], [], []
+        for i, n in zip(rows, lengths):
+            c, r = todo[i]
+            pos_idx += range(len(ids) + len(c) - 1, len(ids) + n)  # position t predicts token t + 1
+            ids += (c + r)[:n]
+            pos += range(n)  # restarting position ids mark where each sequence starts
+            targets += r
+            sizes.append(len(r))
+        self.stats.tokens_forward += len(ids)
+        self.stats.padded_tokens += len(ids)
+        ids_t, pos_t = torch.tensor([ids], device=self.device), torch.tensor([pos], device=self.device)
+        hidden = self._forward(ids_t, None, position_ids=pos_t)  # (1, T, H)
+        return self._gathered_logprobs(hidden, [0] * len(targets), pos_idx, targets, sizes)
 
     def _gathered_logprobs(self, hidden, row_idx, pos_idx, targets, sizes) -> list[torch.Tensor]:
         """Log-probs of `targets` predicted at `hidden[row_idx, pos_idx]`, split into one CPU tensor per pair."""
