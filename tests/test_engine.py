@@ -111,7 +111,7 @@ def test_duplicates_scored_once(model):
 @pytest.mark.parametrize("prefix_sharing, pack_tokens", [(False, 0), (True, 0), (False, 64)])
 def test_oom_splits_and_retries(model, prefix_sharing, pack_tokens, monkeypatch):
     """An injected CUDA out-of-memory error on any pass with more than 2 sequences: same scores, smaller budget."""
-    pairs = random_pairs(10, seed=9, groups=2, group_size=6)
+    pairs = random_pairs(10, seed=9, groups=4, group_size=6)  # 4 contexts: their batched pass splits too
     expected = ScoringEngine(model, prefix_sharing=prefix_sharing).score(pairs)
     engine = ScoringEngine(
         model,
@@ -269,3 +269,21 @@ def test_packing_turned_off_when_the_model_mixes_packed_sequences(model, monkeyp
     assert "packing is off" in caplog.text
     pairs = random_pairs(6, seed=4, max_len=12)
     assert_matches_reference(model, pairs, engine.score(pairs))
+
+
+@pytest.mark.parametrize("padding", [0.0, math.inf])
+def test_several_groups_share_a_context_pass(model, padding):
+    """Contexts of several GRPO groups are right-padded into one pass where padding is allowed (GPU default); models
+    with sliding-window layers only batch contexts of one length. Responses of every length, one-token ones too."""
+    rng = random.Random(5)
+    contexts = [[rng.randrange(VOCAB) for _ in range(n)] for n in (30, 12, 30, 21)]
+    pairs = [(c, [rng.randrange(VOCAB) for _ in range(n)]) for c in contexts for n in (1, 4, 9, 17)]
+    random.Random(2).shuffle(pairs)
+    engine = ScoringEngine(model, max_padding=padding, max_tokens_per_batch=100_000, min_shared_tokens=0)
+    assert_matches_reference(model, pairs, engine.score(pairs))
+    context_tokens = sum(len(c) for c in contexts)
+    assert engine.stats.tokens_forward == context_tokens + sum(len(r) - 1 for _, r in pairs)
+    response_passes = 1 if padding else 3  # response inputs of 3, 8 and 16 tokens (one-token responses need none)
+    context_passes = 1 if padding and not engine.sliding_window else 3  # else one per context length (30, 21, 12)
+    assert engine.stats.forward_passes == context_passes * (1 + response_passes)
+    assert engine.sliding_window == (model.config.model_type.startswith("gemma"))

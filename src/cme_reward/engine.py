@@ -5,8 +5,9 @@ response token given the context and the previous response tokens. How it stays 
 
 - identical pairs are scored once (`deduplicate`);
 - a context shared by several responses (a GRPO group) is encoded once and its KV cache is reused (`prefix_sharing`),
-  when that saves enough tokens to pay for the extra forward pass; the group's rows then go through the LM head in one
-  pass;
+  when that saves enough tokens to pay for the extra forward pass; where padding is allowed (GPU) the contexts of
+  several groups share one right-padded pass and their responses share passes too, each reading its own context's
+  cache row; the responses' rows go through the LM head in big passes;
 - the other pairs are sorted longest first and packed into batches under a padded-token budget and a padding bound
   (none on CPU, where padding is pure waste), then put back in order; optionally (`pack_tokens`) short pairs are
   first packed end to end into padding-free rows, each attending only to itself;
@@ -31,6 +32,16 @@ logger = logging.getLogger(__name__)
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 Pair = tuple[Sequence[int], Sequence[int]]  # (context ids, response ids); context non-empty
+HEAD_ROWS = 2048  # prefix-shared responses' rows go through the LM head in passes of about this many rows
+
+
+def uses_sliding_window(config) -> bool:
+    """True when some attention layer of `config` may look back only a window of positions (Mistral, Gemma 2/3,
+    Qwen2 with `use_sliding_window`...). In doubt, True."""
+    if not getattr(config, "sliding_window", None) or getattr(config, "use_sliding_window", True) is False:
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    return layer_types is None or any("sliding" in t or "chunk" in t for t in layer_types)
 
 
 @dataclass
@@ -117,6 +128,7 @@ class ScoringEngine:
         self.prefix_sharing = prefix_sharing
         self.deduplicate = deduplicate
         self.min_shared_tokens = min_shared_tokens
+        self.sliding_window = uses_sliding_window(model.config)
         self.stats = EngineStats()
         self.device = next(model.parameters()).device
         if max_padding is None:  # CPU: padding is pure waste and batching gains little; GPU: big batches keep it busy
@@ -245,9 +257,7 @@ class ScoringEngine:
             groups = [g for c, g in by_context.items() if len(g) > 1 and (len(g) - 1) * len(c) >= saved]
             grouped = {i for g in groups for i in g}
             singles = [i for i in singles if i not in grouped]
-            groups.sort(key=lambda g: -len(todo[g[0]][0]) - max(len(todo[i][1]) for i in g))
-            for group in groups:
-                self._score_group(todo, group, results, progress)
+            self._score_groups(todo, groups, results, progress)
 
         singles.sort(key=lambda i: -(len(todo[i][0]) + len(todo[i][1])))  # longest first: OOM shows at once
         if self.pack_tokens:
@@ -261,18 +271,21 @@ class ScoringEngine:
 
     # ---- batching -----------------------------------------------------------------------------------------------
 
-    def _pack(self, order: list[int], length: Callable[[int], int], extra: int = 0) -> list[list[int]]:
+    def _pack(
+        self, order: list[int], length: Callable[[int], int], extra: int = 0, max_padding: float | None = None
+    ) -> list[list[int]]:
         """Greedy batches of `order` (sorted longest first). A batch grows while its padded size, counting `extra`
         cached tokens per row, fits the token budget, and its padding stays within `max_padding` of its real tokens."""
         batches: list[list[int]] = []
         rows = self.max_rows or len(order)
+        max_padding = self.max_padding if max_padding is None else max_padding
         real = 0
         for i in order:
             last = batches[-1] if batches else None
             if last:
                 n, width = len(last) + 1, length(last[0])
                 fits = n <= rows and n * (width + extra) <= self.max_tokens_per_batch
-                if fits and n * width <= (1 + self.max_padding) * (real + length(i)):
+                if fits and n * width <= (1 + max_padding) * (real + length(i)):
                     last.append(i)
                     real += length(i)
                     continue
@@ -369,62 +382,97 @@ class ScoringEngine:
 
     # ---- prefix sharing -----------------------------------------------------------------------------------------
 
-    def _score_group(self, todo, group: list[int], results, progress) -> None:
-        """Responses sharing one context: encode the context once, run the responses on copies of its KV cache, then
-        the LM head once over all of the group's rows (big head matmuls even when each response runs alone)."""
-        context = todo[group[0]][0]
-        ctx = torch.tensor([context], device=self.device)
+    def _score_groups(self, todo, groups: list[list[int]], results, progress) -> None:
+        """Groups of responses sharing a context. Contexts are packed like rows (several groups per pass on GPU,
+        where padding is allowed; one group per pass on CPU) and right-padded; on models with sliding-window layers
+        only contexts of one length share a pass (the window is measured in cache slots, which padding would
+        shift)."""
+        groups = sorted(groups, key=lambda g: -len(todo[g[0]][0]))  # longest context first
+        bound = 0.0 if self.sliding_window else None
+        for batch in self._pack(list(range(len(groups))), lambda k: len(todo[groups[k][0]][0]), max_padding=bound):
+            self._score_context_batch(todo, [groups[k] for k in batch], results, progress)
+
+    def _score_context_batch(self, todo, groups: list[list[int]], results, progress) -> None:
+        """Encode the groups' contexts in one pass, run their responses on copies of that KV cache, and the LM head
+        over all of their rows in big passes."""
+        lengths = [len(todo[g[0]][0]) for g in groups]
+        Bg, Tc = len(groups), max(lengths)
+        ids = torch.zeros(Bg, Tc, dtype=torch.long)
+        ctx_mask = torch.zeros(Bg, Tc, dtype=torch.long)
+        for b, (g, n) in enumerate(zip(groups, lengths)):
+            ids[b, :n] = torch.tensor(todo[g[0]][0])
+            ctx_mask[b, :n] = 1
+        ctx_mask = ctx_mask.to(self.device)
         cache = self._new_cache()
         try:
-            last = self._forward(ctx, torch.ones_like(ctx), cache)[0, -1:]  # (1, H): predicts each first token
+            hidden = self._forward(ids.to(self.device), ctx_mask, cache)  # (Bg, Tc, H)
         except OutOfMemoryError:
-            self._on_oom(len(context), 1)
-        self.stats.tokens_forward += len(context)
-        self.stats.padded_tokens += len(context)
-        order = sorted(group, key=lambda i: -len(todo[i][1]))
-        hidden: dict[int, torch.Tensor] = {}  # pair -> (len(response) - 1, H): row t predicts response token t + 1
+            self._on_oom(Bg * Tc, Bg)
+            half = Bg // 2
+            self._score_context_batch(todo, groups[:half], results, progress)
+            self._score_context_batch(todo, groups[half:], results, progress)
+            return
+        self.stats.tokens_forward += sum(lengths)
+        self.stats.padded_tokens += Bg * Tc
+        last = hidden[torch.arange(Bg, device=self.device), torch.tensor(lengths, device=self.device) - 1]  # (Bg, H)
+        del hidden
+        row = {i: b for b, g in enumerate(groups) for i in g}  # pair -> its context's cache row
+        order = sorted((i for g in groups for i in g), key=lambda i: -len(todo[i][1]))
+        pending: list[tuple[int, torch.Tensor]] = []  # (pair, (len(response), H) rows: row t predicts token t)
         # response inputs: every response token but the last; attention also reads the cached context
-        for batch in self._pack(order, lambda i: len(todo[i][1]) - 1, extra=len(context)):
-            self._group_batch(todo, batch, cache, hidden)
-        rows = torch.cat([last.expand(len(order), -1)] + [hidden.get(i, last[:0]) for i in order])  # (sum len, H)
-        targets = [todo[i][1][0] for i in order] + [t for i in order for t in todo[i][1][1:]]
-        lp = self._logprobs(rows, torch.tensor(targets, device=self.device)).cpu()
-        rests = lp[len(order) :].split([len(todo[i][1]) - 1 for i in order])
-        for k, (i, rest) in enumerate(zip(order, rests)):
-            results[i] = torch.cat([lp[k : k + 1], rest])
+        for batch in self._pack(order, lambda i: len(todo[i][1]) - 1, extra=Tc):
+            rests = self._group_batch(todo, batch, [row[i] for i in batch], cache, ctx_mask)
+            for i, rest in zip(batch, rests):
+                first = last[row[i], None]  # (1, H): predicts the response's first token
+                pending.append((i, first if rest is None else torch.cat([first, rest])))
+            if sum(len(rows) for _, rows in pending) >= HEAD_ROWS:
+                self._head(todo, pending, results, progress)
+                pending = []
+        self._head(todo, pending, results, progress)
+
+    def _head(self, todo, pending: list[tuple[int, torch.Tensor]], results, progress) -> None:
+        """One LM-head pass over the rows of several responses (big head matmuls even when each response ran alone)."""
+        if not pending:
+            return
+        rows = torch.cat([rows for _, rows in pending])  # (N, H)
+        targets = torch.tensor([t for i, _ in pending for t in todo[i][1]], device=self.device)
+        for (i, _), lp in zip(pending, self._logprobs(rows, targets).cpu().split([len(r) for _, r in pending])):
+            results[i] = lp
         if progress:
-            progress(sum(len(todo[i][1]) for i in order))
+            progress(len(targets))
 
-    def _group_batch(self, todo, batch: list[int], cache, hidden: dict) -> None:
-        """Hidden states of the batch's response inputs into `hidden`; splits in two on out-of-memory."""
+    def _group_batch(self, todo, batch: list[int], cache_rows: list[int], cache, ctx_mask) -> list:
+        """Hidden states (len(response) - 1, H) of the batch's response inputs (None for one-token responses);
+        splits in two on out-of-memory."""
         responses = [todo[i][1] for i in batch]
-        Tc, T = len(todo[batch[0]][0]), max(len(r) for r in responses) - 1
+        T = max(len(r) for r in responses) - 1
         if T == 0:  # one-token responses: only the context's last position predicts anything
-            return
+            return [None] * len(batch)
         try:
-            out = self._group_forward(Tc, responses, cache)
+            return self._group_forward(responses, cache_rows, cache, ctx_mask)
         except OutOfMemoryError:
-            self._on_oom(len(batch) * (Tc + T), len(batch))
+            self._on_oom(len(batch) * (ctx_mask.shape[1] + T), len(batch))
             half = len(batch) // 2
-            self._group_batch(todo, batch[:half], cache, hidden)
-            self._group_batch(todo, batch[half:], cache, hidden)
-            return
-        hidden.update(zip(batch, out))
+            return self._group_batch(todo, batch[:half], cache_rows[:half], cache, ctx_mask) + self._group_batch(
+                todo, batch[half:], cache_rows[half:], cache, ctx_mask
+            )
 
-    def _group_forward(self, Tc: int, responses, context_cache) -> list[torch.Tensor]:
-        """Responses (each >= 2 tokens long but for padding) on a copy of the context's KV cache -> per response, the
-        (len - 1, H) hidden states (logits without a split head) of its inputs."""
+    def _group_forward(self, responses, cache_rows: list[int], context_cache, ctx_mask) -> list[torch.Tensor]:
+        """Responses (each >= 2 tokens long but for padding) on their contexts' rows of the KV cache -> per response,
+        the (len - 1, H) hidden states (logits without a split head) of its inputs."""
         B, T = len(responses), max(len(r) for r in responses) - 1
-        cache = copy.deepcopy(context_cache)  # the forward appends to the cache: keep the context's own intact
-        if B > 1:
-            cache.batch_repeat_interleave(B)
+        rows = torch.tensor(cache_rows, device=self.device)
+        cache = copy.deepcopy(context_cache)  # the forward appends to the cache: keep the contexts' own intact
+        cache.batch_select_indices(rows)  # (B, ...) one cache row per response
         ids = torch.zeros(B, T, dtype=torch.long)
-        mask = torch.zeros(B, Tc + T, dtype=torch.long)
-        mask[:, :Tc] = 1
+        mask = torch.zeros(B, T, dtype=torch.long)
         for b, r in enumerate(responses):
             ids[b, : len(r) - 1] = torch.tensor(r[:-1])
-            mask[b, Tc : Tc + len(r) - 1] = 1
+            mask[b, : len(r) - 1] = 1
+        mask = torch.cat([ctx_mask[rows], mask.to(self.device)], 1)  # (B, Tc + T): context padding stays masked
+        # positions continue each context (its padding is skipped): row b's token t sits at len(context_b) + t
+        position_ids = ctx_mask[rows].sum(1, keepdim=True) + torch.arange(T, device=self.device)  # (B, T)
         self.stats.tokens_forward += sum(len(r) - 1 for r in responses)
         self.stats.padded_tokens += B * T
-        hidden = self._forward(ids.to(self.device), mask.to(self.device), cache)  # (B, T, H)
+        hidden = self._forward(ids.to(self.device), mask, cache, position_ids=position_ids)  # (B, T, H)
         return [hidden[b, : len(r) - 1] for b, r in enumerate(responses)]
