@@ -8,7 +8,8 @@ import pytest
 import torch
 from tiny_models import build_model
 
-from cme_reward.engine import OutOfMemoryError, ScoringEngine, blocked_token_logprobs, token_logprobs
+from cme_reward.engine import OutOfMemoryError, ScoringEngine
+from cme_reward.head import blocked_token_logprobs, token_logprobs
 from cme_reward.reference import reference_token_logprobs
 
 VOCAB = 300

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .batching import pack_batches, pack_rows
+from .head import blocked_token_logprobs, token_logprobs
+
 logger = logging.getLogger(__name__)
 
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -50,42 +53,6 @@ class EngineStats:
     tokens_forward: int = 0  # tokens run through the model body (cached context tokens counted once)
     padded_tokens: int = 0  # tokens including padding
     oom_splits: int = 0
-
-
-def token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, project: Callable, chunk: int) -> torch.Tensor:
-    """Log-prob of `targets` under `project(hidden)`, in float32, `chunk` rows at a time.
-
-    hidden: (N, H) rows that each predict one token; targets: (N,) token ids. Returns (N,) float32.
-    """
-    out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
-    for start in range(0, targets.shape[0], chunk):
-        logits = project(hidden[start : start + chunk]).float()  # (n, V)
-        picked = logits.gather(1, targets[start : start + chunk, None]).squeeze(1)  # (n,)
-        out[start : start + chunk] = picked - torch.logsumexp(logits, dim=-1)
-    return out
-
-
-def blocked_token_logprobs(
-    hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, rows: int = 512, vocab_block: int = 1024
-) -> torch.Tensor:
-    """`token_logprobs` for a bias-free linear head `weight` (V, H), blocked over rows and vocabulary.
-
-    The float32 log-sum-exp of each (rows, vocab_block) logits block is taken in place while the block is still in
-    cache, then the blocks' log-sum-exps are combined; the target logit is the same dot product, rounded to the
-    weights' dtype like a matmul output. On CPU this avoids writing and re-reading (rows, V) float32 logits through
-    memory. hidden: (N, H); targets: (N,). Returns (N,) float32.
-    """
-    out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
-    for start in range(0, targets.shape[0], rows):
-        h, t = hidden[start : start + rows], targets[start : start + rows]  # (n, H), (n,)
-        picked = (h.float() * weight[t].float()).sum(-1).to(weight.dtype).float()  # (n,)
-        lse = []
-        for v in range(0, weight.shape[0], vocab_block):
-            logits = (h @ weight[v : v + vocab_block].T).float()  # (n, block), a fresh tensor: safe to overwrite
-            top = logits.amax(-1, keepdim=True)  # (n, 1)
-            lse.append(logits.sub_(top).exp_().sum(-1).log_().add_(top.squeeze(-1)))  # (n,)
-        out[start : start + rows] = picked - torch.logsumexp(torch.stack(lse, -1), -1)  # (n, blocks) -> (n,)
-    return out
 
 
 class ScoringEngine:
@@ -261,7 +228,7 @@ class ScoringEngine:
 
         singles.sort(key=lambda i: -(len(todo[i][0]) + len(todo[i][1])))  # longest first: OOM shows at once
         if self.pack_tokens:
-            rows = self._bins(singles, lambda i: len(todo[i][0]) + len(todo[i][1]) - 1)
+            rows = pack_rows(singles, lambda i: len(todo[i][0]) + len(todo[i][1]) - 1, self.pack_tokens)
             for row in (r for r in rows if len(r) > 1):
                 self._score_rows(todo, row, results, progress, packed=True)
             singles = [r[0] for r in rows if len(r) == 1]
@@ -271,42 +238,10 @@ class ScoringEngine:
 
     # ---- batching -----------------------------------------------------------------------------------------------
 
-    def _pack(
-        self, order: list[int], length: Callable[[int], int], extra: int = 0, max_padding: float | None = None
-    ) -> list[list[int]]:
-        """Greedy batches of `order` (sorted longest first). A batch grows while its padded size, counting `extra`
-        cached tokens per row, fits the token budget, and its padding stays within `max_padding` of its real tokens."""
-        batches: list[list[int]] = []
-        rows = self.max_rows or len(order)
+    def _pack(self, order: list[int], length: Callable[[int], int], extra: int = 0, max_padding=None) -> list:
         max_padding = self.max_padding if max_padding is None else max_padding
-        real = 0
-        for i in order:
-            last = batches[-1] if batches else None
-            if last:
-                n, width = len(last) + 1, length(last[0])
-                fits = n <= rows and n * (width + extra) <= self.max_tokens_per_batch
-                if fits and n * width <= (1 + max_padding) * (real + length(i)):
-                    last.append(i)
-                    real += length(i)
-                    continue
-            batches.append([i])
-            real = length(i)
-        return batches
-
-    def _bins(self, order: list[int], length: Callable[[int], int]) -> list[list[int]]:
-        """First-fit-decreasing rows of `order` (sorted longest first) holding at most `pack_tokens` tokens."""
-        rows: list[list[int]] = []
-        room: list[int] = []
-        for i in order:
-            n = length(i)
-            k = next((k for k, free in enumerate(room) if free >= n), None)
-            if k is None:
-                rows.append([i])
-                room.append(self.pack_tokens - n)
-            else:
-                rows[k].append(i)
-                room[k] -= n
-        return rows
+        rows = self.max_rows or len(order)
+        return pack_batches(order, length, self.max_tokens_per_batch, max_padding, max_rows=rows, extra=extra)
 
     def _on_oom(self, padded: int, rows: int) -> None:
         if rows <= 1:
