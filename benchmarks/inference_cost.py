@@ -42,7 +42,7 @@ def load_results(folder: Path) -> list[dict]:
         if "results" in report and not report.get("args", {}).get("quick"):
             report["file"] = path.name
             reports.append(report)
-    order = lambda r: ("timing" not in r, r["preset"] != "smollm2-135m", r["workload"]["group_size"], r["file"])  # noqa: E731
+    order = lambda r: (r["preset"] != "smollm2-135m", r["workload"]["group_size"], r["file"])  # noqa: E731
     return sorted(reports, key=order)
 
 
@@ -67,14 +67,8 @@ def run_title(rep: dict) -> str:
 
 def measured_table(rep: dict, methods: set[str] | None) -> str:
     peaks = rep["matmul_peak"]
-    note = (
-        ""
-        if "timing" in rep
-        else " (timed with a 2 ms RSS-sampler thread running, which slowed the engine's many small ops on 2 cores; "
-        "superseded)"
-    )
     lines = [
-        run_title(rep) + note,
+        run_title(rep),
         "",
         "| method | dtype | scored tok/s | total tok/s | vs (a) | vs (b) | max abs score diff vs (a) | useful FLOP/s "
         f"(% of measured fp32 / bf16 matmul peak: {peaks['float32']['flops_per_s'] / 1e9:,.0f} / "

@@ -151,6 +151,11 @@ class ScoringEngine:
             return self.body(input_ids=input_ids, **kwargs).last_hidden_state
         return self.model(input_ids=input_ids, **kwargs).logits
 
+    def _close(self, expected: torch.Tensor, got: torch.Tensor) -> bool:
+        """The probes' test: equal up to the rounding of the weights' dtype."""
+        tol = 1e-4 if next(self.model.parameters()).dtype == torch.float32 else 2e-2
+        return bool((expected - got).abs().max() <= tol * (1 + expected.abs().max()))
+
     @torch.inference_mode()
     def _head_matches_model(self) -> bool:
         """True when `lm_head(body(x))` (+ soft-capping) reproduces the model's own logits on a probe input."""
@@ -165,8 +170,7 @@ class ScoringEngine:
             return False
         finally:
             self.stats = EngineStats()
-        tol = 1e-4 if next(self.model.parameters()).dtype == torch.float32 else 2e-2
-        return bool((full - split).abs().max() <= tol * (1 + full.abs().max()))
+        return self._close(full, split)
 
     @torch.inference_mode()
     def _packing_matches_rows(self) -> bool:
@@ -182,13 +186,22 @@ class ScoringEngine:
             logger.debug("packing probe failed: %s", err)
             ok = False
         else:
-            tol = 1e-4 if next(self.model.parameters()).dtype == torch.float32 else 2e-2
-            ok = bool((alone - packed).abs().max() <= tol * (1 + alone.abs().max()))
+            ok = self._close(alone, packed)
         finally:
             self.stats = EngineStats()
         if not ok:
             logger.warning("%s does not keep packed sequences apart: packing is off", type(self.model).__name__)
         return ok
+
+    def _right_padded(self, seqs: list[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token lists -> (B, T) ids and attention mask on the device, right-padded to the longest. The pad id is
+        irrelevant: padded positions are masked and never read."""
+        ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, seq in enumerate(seqs):
+            ids[b, : len(seq)] = torch.tensor(seq)
+            mask[b, : len(seq)] = 1
+        return ids.to(self.device), mask.to(self.device)
 
     def _new_cache(self):
         from transformers import DynamicCache
@@ -238,10 +251,12 @@ class ScoringEngine:
 
     # ---- batching -----------------------------------------------------------------------------------------------
 
-    def _pack(self, order: list[int], length: Callable[[int], int], extra: int = 0, max_padding=None) -> list:
+    def _pack(
+        self, order: list[int], length: Callable[[int], int], extra: int = 0, max_padding: float | None = None
+    ) -> list[list[int]]:
+        """`pack_batches` under this engine's budget, row cap and (unless given) padding bound."""
         max_padding = self.max_padding if max_padding is None else max_padding
-        rows = self.max_rows or len(order)
-        return pack_batches(order, length, self.max_tokens_per_batch, max_padding, max_rows=rows, extra=extra)
+        return pack_batches(order, length, self.max_tokens_per_batch, max_padding, max_rows=self.max_rows, extra=extra)
 
     def _on_oom(self, padded: int, rows: int) -> None:
         if rows <= 1:
@@ -298,21 +313,17 @@ class ScoringEngine:
 
     def _rows_forward(self, todo, rows: list[int], lengths: list[int]) -> list[torch.Tensor]:
         B, T = len(rows), max(lengths)
-        ids = torch.zeros(B, T, dtype=torch.long)  # pad id is irrelevant: padded positions are masked and unused
-        mask = torch.zeros(B, T, dtype=torch.long)
         row_idx, pos_idx, targets, sizes = [], [], [], []
         for b, (i, n) in enumerate(zip(rows, lengths)):
             c, r = todo[i]
-            seq = (c + r)[:n]
-            ids[b, :n] = torch.tensor(seq)
-            mask[b, :n] = 1
             row_idx += [b] * len(r)
             pos_idx += range(len(c) - 1, n)  # position t predicts token t + 1
             targets += r
             sizes.append(len(r))
         self.stats.tokens_forward += sum(lengths)
         self.stats.padded_tokens += B * T
-        hidden = self._forward(ids.to(self.device), mask.to(self.device))  # (B, T, H)
+        ids, mask = self._right_padded([(todo[i][0] + todo[i][1])[:n] for i, n in zip(rows, lengths)])
+        hidden = self._forward(ids, mask)  # (B, T, H)
         return self._gathered_logprobs(hidden, row_idx, pos_idx, targets, sizes)
 
     # ---- prefix sharing -----------------------------------------------------------------------------------------
@@ -332,15 +343,10 @@ class ScoringEngine:
         over all of their rows in big passes."""
         lengths = [len(todo[g[0]][0]) for g in groups]
         Bg, Tc = len(groups), max(lengths)
-        ids = torch.zeros(Bg, Tc, dtype=torch.long)
-        ctx_mask = torch.zeros(Bg, Tc, dtype=torch.long)
-        for b, (g, n) in enumerate(zip(groups, lengths)):
-            ids[b, :n] = torch.tensor(todo[g[0]][0])
-            ctx_mask[b, :n] = 1
-        ctx_mask = ctx_mask.to(self.device)
+        ids, ctx_mask = self._right_padded([todo[g[0]][0] for g in groups])  # (Bg, Tc)
         cache = self._new_cache()
         try:
-            hidden = self._forward(ids.to(self.device), ctx_mask, cache)  # (Bg, Tc, H)
+            hidden = self._forward(ids, ctx_mask, cache)  # (Bg, Tc, H)
         except OutOfMemoryError:
             self._on_oom(Bg * Tc, Bg)
             half = Bg // 2
@@ -354,15 +360,17 @@ class ScoringEngine:
         row = {i: b for b, g in enumerate(groups) for i in g}  # pair -> its context's cache row
         order = sorted((i for g in groups for i in g), key=lambda i: -len(todo[i][1]))
         pending: list[tuple[int, torch.Tensor]] = []  # (pair, (len(response), H) rows: row t predicts token t)
+        pending_rows = 0
         # response inputs: every response token but the last; attention also reads the cached context
         for batch in self._pack(order, lambda i: len(todo[i][1]) - 1, extra=Tc):
             rests = self._group_batch(todo, batch, [row[i] for i in batch], cache, ctx_mask)
             for i, rest in zip(batch, rests):
                 first = last[row[i], None]  # (1, H): predicts the response's first token
                 pending.append((i, first if rest is None else torch.cat([first, rest])))
-            if sum(len(rows) for _, rows in pending) >= HEAD_ROWS:
+                pending_rows += len(todo[i][1])
+            if pending_rows >= HEAD_ROWS:
                 self._head(todo, pending, results, progress)
-                pending = []
+                pending, pending_rows = [], 0
         self._head(todo, pending, results, progress)
 
     def _head(self, todo, pending: list[tuple[int, torch.Tensor]], results, progress) -> None:
@@ -399,15 +407,11 @@ class ScoringEngine:
         rows = torch.tensor(cache_rows, device=self.device)
         cache = copy.deepcopy(context_cache)  # the forward appends to the cache: keep the contexts' own intact
         cache.batch_select_indices(rows)  # (B, ...) one cache row per response
-        ids = torch.zeros(B, T, dtype=torch.long)
-        mask = torch.zeros(B, T, dtype=torch.long)
-        for b, r in enumerate(responses):
-            ids[b, : len(r) - 1] = torch.tensor(r[:-1])
-            mask[b, : len(r) - 1] = 1
-        mask = torch.cat([ctx_mask[rows], mask.to(self.device)], 1)  # (B, Tc + T): context padding stays masked
+        ids, mask = self._right_padded([r[:-1] for r in responses])  # (B, T)
+        mask = torch.cat([ctx_mask[rows], mask], 1)  # (B, Tc + T): context padding stays masked
         # positions continue each context (its padding is skipped): row b's token t sits at len(context_b) + t
         position_ids = ctx_mask[rows].sum(1, keepdim=True) + torch.arange(T, device=self.device)  # (B, T)
         self.stats.tokens_forward += sum(len(r) - 1 for r in responses)
         self.stats.padded_tokens += B * T
-        hidden = self._forward(ids.to(self.device), mask, cache, position_ids=position_ids)  # (B, T, H)
+        hidden = self._forward(ids, mask, cache, position_ids=position_ids)  # (B, T, H)
         return [hidden[b, : len(r) - 1] for b, r in enumerate(responses)]
