@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cme_reward import CrossModelEntropyReward
-from cme_reward.cli import main
+from cme_reward.tools.cli import main
 
 ROWS = [
     {"id": 0, "prompt": "The capital of France is", "response": " Paris."},

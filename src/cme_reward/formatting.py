@@ -22,6 +22,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["EncodedPair", "PairEncoder", "check_batch", "clean_text", "normalize_messages", "response_text",
+           "token_strings"]  # fmt: skip
+
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
@@ -153,3 +156,19 @@ class PairEncoder:
         if len(response) >= limit:
             return EncodedPair(context[-1:], response[: limit - 1], truncated=True)
         return EncodedPair(context[len(context) + len(response) - limit :], response, truncated=True)
+
+
+def token_strings(tokenizer: Any, ids: list[int], window: int = 8) -> list[str]:
+    """Display text of each token such that `"".join(...)` is the decoded response.
+
+    Decoding ids one at a time turns a character split over several byte-level tokens into U+FFFD; instead each
+    token gets the text its decoding adds to the few tokens before it, so the token completing a character shows it
+    and the partial ones show as empty strings.
+    """
+    out = []
+    for i in range(len(ids)):
+        start = max(0, i - window)
+        before = tokenizer.decode(ids[start:i]).rstrip("\ufffd") if i > start else ""
+        upto = tokenizer.decode(ids[start : i + 1]).rstrip("\ufffd")
+        out.append(upto[len(before) :] if upto.startswith(before) else tokenizer.decode([ids[i]]))
+    return out

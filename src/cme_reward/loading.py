@@ -5,9 +5,24 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from .verifier import VerifierSpec, check_hub_source
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "DTYPES",
+    "context_size",
+    "load_tokenizer",
+    "load_verifier",
+    "resolve_device",
+    "resolve_dtype",
+    "split_gguf",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,86 +80,72 @@ def _check_weights_format(source: str, use_safetensors: bool | None) -> None:
         )
 
 
-def load_tokenizer(source: str, *, revision=None, trust_remote_code=False, gguf_file=None, tokenizer_kwargs=None):
+def load_tokenizer(spec: VerifierSpec, source: str, *, gguf_file: str | None = None, revision: str | None = None):
+    """The tokenizer at `source` with the spec's safety flags and `tokenizer_kwargs`."""
     from transformers import AutoTokenizer
 
-    kwargs = dict(tokenizer_kwargs or {})
+    kwargs = dict(spec.tokenizer_kwargs or {})
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
-    return AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code, **kwargs)
+    return AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=spec.trust_remote_code, **kwargs)
 
 
-def load_verifier(
-    source: Any,
-    *,
-    tokenizer: Any = None,
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    use_safetensors: bool | None = True,
-    gguf_file: str | None = None,
-    model_kwargs: dict | None = None,
-    tokenizer_kwargs: dict | None = None,
-):
-    """Returns `(model, tokenizer)`, the model frozen (`eval()`, no grad) on `device`.
+def load_verifier(spec: VerifierSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Returns `(model, tokenizer)`, the model frozen (`eval()`, no grad) on its device.
 
-    A model object stays on its device and in its dtype unless `device` / `dtype` are given; a string source is
-    loaded on `resolve_device(device)` in `resolve_dtype(dtype)`.
+    A model object stays on its device and in its dtype unless `spec.device` / `spec.dtype` are given; anything else
+    is resolved (aliases), checked (a hub id with the hub out of reach fails at once) and loaded on
+    `resolve_device(spec.device)` in `resolve_dtype(spec.dtype)`.
     """
     from transformers import AutoModelForCausalLM, PreTrainedModel
 
-    if trust_remote_code:
+    if spec.trust_remote_code:
         logger.warning("trust_remote_code=True: the verifier's repository code will run on this machine")
-    if isinstance(source, PreTrainedModel):
+    tokenizer = spec.tokenizer
+    if isinstance(spec.source, PreTrainedModel):
         if tokenizer is None:
             raise ValueError("`tokenizer` is required when `verifier` is a model object (pass its tokenizer)")
-        model = source
-        if device is not None:
-            model = model.to(resolve_device(device))
-        if dtype is not None:
-            model = model.to(dtype=resolve_dtype(dtype, model.device))
-    elif isinstance(source, (str, os.PathLike)):
-        device = resolve_device(device)
-        source, gguf_file = split_gguf(os.fspath(source), gguf_file)
-        kwargs = dict(model_kwargs or {})
+        model = spec.source
+        if spec.device is not None:
+            model = model.to(resolve_device(spec.device))
+        if spec.dtype is not None:
+            model = model.to(dtype=resolve_dtype(spec.dtype, model.device))
+    elif isinstance(spec.source, (str, os.PathLike)):
+        spec = spec.resolved()
+        check_hub_source(spec)
+        device = resolve_device(spec.device)
+        source, gguf_file = split_gguf(os.fspath(spec.source), spec.gguf_file)
+        kwargs = dict(spec.model_kwargs or {})
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
         else:
-            _check_weights_format(source, use_safetensors)
-            if use_safetensors is not None:
-                kwargs.setdefault("use_safetensors", use_safetensors)
-        kwargs.setdefault("dtype", resolve_dtype(dtype, device))
+            _check_weights_format(source, spec.use_safetensors)
+            if spec.use_safetensors is not None:
+                kwargs.setdefault("use_safetensors", spec.use_safetensors)
+        kwargs.setdefault("dtype", resolve_dtype(spec.dtype, device))
         logger.info("Loading verifier %s%s on %s", source, f" ({gguf_file})" if gguf_file else "", device)
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                source, revision=revision, trust_remote_code=trust_remote_code, **kwargs
+                source, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **kwargs
             )
         except OSError as err:
-            if use_safetensors and "safetensors" in str(err).lower():
+            if spec.use_safetensors and "safetensors" in str(err).lower():
                 raise ValueError(
                     f"{source} has no safetensors weights; pass use_safetensors=False if you trust its pickle weights"
                 ) from err
             raise
         model = model.to(device)
-        if isinstance(tokenizer, (str, os.PathLike)) or tokenizer is None:
-            tok_source = source if tokenizer is None else os.fspath(tokenizer)
-            tokenizer = load_tokenizer(
-                tok_source,
-                revision=revision,
-                trust_remote_code=trust_remote_code,
-                gguf_file=gguf_file if tokenizer is None else None,
-                tokenizer_kwargs=tokenizer_kwargs,
-            )
+        if tokenizer is None:
+            tokenizer = load_tokenizer(spec, source, gguf_file=gguf_file, revision=spec.revision)
+        elif isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = load_tokenizer(spec, os.fspath(tokenizer), revision=spec.revision)
     else:
         raise TypeError(
-            f"`verifier` must be a hub id, a local path, a .gguf file or a PreTrainedModel, "
-            f"got {type(source).__name__}"
+            f"`verifier` must be a hub id, a local path, a .gguf file, an alias or a PreTrainedModel, "
+            f"got {type(spec.source).__name__}"
         )
     if isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = load_tokenizer(
-            os.fspath(tokenizer), trust_remote_code=trust_remote_code, tokenizer_kwargs=tokenizer_kwargs
-        )
+        tokenizer = load_tokenizer(spec, os.fspath(tokenizer))
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["reduce_logprobs"]
+
 
 def reduce_logprobs(logprobs: torch.Tensor, reduction: str) -> float:
     """(T,) float32 log-probs, T >= 1 -> one float: `"mean"` (CME), `"sum"` or `"min"`."""

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
+__all__ = ["reference_token_logprobs"]
+
 
 @torch.inference_mode()
 def reference_token_logprobs(model, context_ids: Sequence[int], response_ids: Sequence[int]) -> torch.Tensor:

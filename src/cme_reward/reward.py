@@ -2,24 +2,45 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import threading
 import time
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .config import CMEConfig
 from .engine import ScoringEngine
-from .formatting import EncodedPair, PairEncoder, check_batch
+from .formatting import EncodedPair, PairEncoder, check_batch, token_strings
 from .loading import context_size, load_verifier
 from .reductions import reduce_logprobs
 from .types import TokenScores
+from .verifier import VerifierSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["CrossModelEntropyReward", "split_options"]
+
 Prompt = str | list[dict[str, Any]]
+
+
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Flat keyword options -> (`CMEConfig` fields, `VerifierSpec` fields); an unknown name raises `TypeError`."""
+    config_names, spec_names = set(CMEConfig.field_names()), set(VerifierSpec.field_names()) - {"source"}
+    unknown = sorted(set(options) - config_names - spec_names)
+    if unknown:
+        known = sorted(config_names | spec_names | {"config", "name", "show_progress_bar"})
+        hints = [difflib.get_close_matches(u, known, n=1) for u in unknown]
+        hint = "".join(f" Did you mean {h[0]!r} for {u!r}?" for u, h in zip(unknown, hints) if h)
+        raise TypeError(f"unknown option(s) {unknown} for CrossModelEntropyReward; known options: {known}.{hint}")
+    config = {k: v for k, v in options.items() if k in config_names}
+    return config, {k: v for k, v in options.items() if k in spec_names}
 
 
 class CrossModelEntropyReward:
@@ -35,31 +56,19 @@ class CrossModelEntropyReward:
     `completion_ids` from TRL are in the policy's tokenizer and are never used.
 
     Args:
-        verifier (`str`, `os.PathLike` or `PreTrainedModel`):
-            Hub id, local directory, `.gguf` file, or an already loaded causal LM (then `tokenizer` is required).
-        tokenizer (`PreTrainedTokenizerBase` or `str`, *optional*):
-            The verifier's tokenizer; loaded from the verifier's source when `None`.
-        device (`str` or `torch.device`, *optional*):
-            `None`: `cuda:$LOCAL_RANK` when CUDA is available (one verifier per accelerate process), else CPU. A model
-            object is moved there.
-        dtype (`str` or `torch.dtype`, *optional*):
-            Verifier weights dtype. `None`: bfloat16 on GPU, float32 on CPU (a model object keeps its dtype).
-            Log-softmax always runs in float32.
-        max_tokens_per_batch (`int`, defaults to `8192`): padded-token budget of one forward pass.
-        max_length (`int`, *optional*): longest context + response; `None` uses the verifier's context size. Longer
-            pairs lose the start of their context; a response longer than that keeps its first `max_length - 1`
-            tokens (a warning is logged once).
-        revision, trust_remote_code, use_safetensors, gguf_file, model_kwargs, tokenizer_kwargs:
-            Passed to `from_pretrained`. `trust_remote_code=False` and safetensors-only are the safe defaults.
-        reduction (`str`, defaults to `"mean"`): `"mean"` (CME), `"sum"` or `"min"`.
-        empty_value (`float`, *optional*): score of an empty response. `None` (default): TRL turns it into NaN and
-            ignores it (`nansum`); a float acts as a floor.
-        prefix_sharing (`bool`, defaults to `True`), deduplicate (`bool`, defaults to `True`),
-        head_chunk_tokens (`int`, *optional*), max_padding (`float`, *optional*), pack_tokens (`int`, defaults to
-            `0`): engine options, see [`CMEConfig`].
+        verifier (`str`, `os.PathLike`, `PreTrainedModel` or `VerifierSpec`):
+            Hub id, local directory, `.gguf` file, alias of a verifier shipped by a registry package (`"smollm2"`,
+            `"gemma3-270m"`), an already loaded causal LM (then `tokenizer=` is required), or a whole [`VerifierSpec`].
+        config (`CMEConfig`, *optional*):
+            Scoring options; keyword options below override its fields.
         show_progress_bar (`bool`, *optional*): tqdm bar over scored tokens; `None` shows it when logging is at INFO.
         name (`str`, defaults to `"cross_model_entropy"`): the `__name__` TRL uses for log keys
             (`rewards/<name>/mean`).
+        **options:
+            Any field of [`CMEConfig`] (`max_tokens_per_batch`, `max_length`, `reduction`, `empty_value`, engine
+            knobs) or of [`VerifierSpec`] (`tokenizer`, `device`, `dtype`, `revision`, `trust_remote_code`,
+            `use_safetensors`, `gguf_file`, `model_kwargs`, `tokenizer_kwargs`), with the defaults and meaning
+            documented there. An unknown name raises `TypeError`.
 
     Example:
 
@@ -77,83 +86,33 @@ class CrossModelEntropyReward:
 
     def __init__(
         self,
-        verifier: Any,
+        verifier: str | os.PathLike | PreTrainedModel | VerifierSpec,
         *,
-        tokenizer: Any = None,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        max_tokens_per_batch: int = 8192,
-        max_length: int | None = None,
-        revision: str | None = None,
-        trust_remote_code: bool = False,
-        use_safetensors: bool | None = True,
-        gguf_file: str | None = None,
-        model_kwargs: dict[str, Any] | None = None,
-        tokenizer_kwargs: dict[str, Any] | None = None,
-        reduction: str = "mean",
-        empty_value: float | None = None,
-        prefix_sharing: bool = True,
-        deduplicate: bool = True,
-        head_chunk_tokens: int | None = None,
-        max_padding: float | None = None,
-        pack_tokens: int = 0,
+        config: CMEConfig | None = None,
         show_progress_bar: bool | None = None,
         name: str | None = None,
+        **options: Any,
     ):
         if name is not None:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"`name` must be a non-empty string, got {name!r}")
             self.__name__ = name
-        self.config = CMEConfig(
-            max_tokens_per_batch=max_tokens_per_batch,
-            max_length=max_length,
-            reduction=reduction,
-            empty_value=empty_value,
-            prefix_sharing=prefix_sharing,
-            deduplicate=deduplicate,
-            head_chunk_tokens=head_chunk_tokens,
-            max_padding=max_padding,
-            pack_tokens=pack_tokens,
-        )
+        if config is not None and not isinstance(config, CMEConfig):
+            raise TypeError(f"`config` must be a CMEConfig, got {type(config).__name__}")
+        config_options, spec_options = split_options(options)
+        self.config = (config or CMEConfig()).with_options(**config_options)
+        spec = verifier if isinstance(verifier, VerifierSpec) else VerifierSpec(verifier)
+        self.spec = replace(spec, **spec_options) if spec_options else spec
         self.show_progress_bar = show_progress_bar
-        # what pickling needs to rebuild the verifier in another process (AsyncGRPO's CPU-only child)
-        self._init = dict(
-            tokenizer=tokenizer if isinstance(tokenizer, (str, os.PathLike)) else None,
-            device=device, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code,
-            use_safetensors=use_safetensors, gguf_file=gguf_file, model_kwargs=model_kwargs,
-            tokenizer_kwargs=tokenizer_kwargs,
-        )  # fmt: skip
-        self._source = verifier if isinstance(verifier, (str, os.PathLike)) else None
-        self._verifier_object = None if self._source is not None else (verifier, tokenizer)
-        self._load(verifier, tokenizer)
+        self._load()
 
-    def _load(self, verifier: Any, tokenizer: Any) -> None:
-        init = self._init
-        self.model, self.tokenizer = load_verifier(
-            verifier,
-            tokenizer=tokenizer,
-            device=init["device"],
-            dtype=init["dtype"],
-            revision=init["revision"],
-            trust_remote_code=init["trust_remote_code"],
-            use_safetensors=init["use_safetensors"],
-            gguf_file=init["gguf_file"],
-            model_kwargs=init["model_kwargs"],
-            tokenizer_kwargs=init["tokenizer_kwargs"],
-        )
+    def _load(self) -> None:
+        self.model, self.tokenizer = load_verifier(self.spec)
         self.device = next(self.model.parameters()).device
         self.dtype = self.model.dtype
         self.max_length = self.config.max_length or context_size(self.model)
         self.encoder = PairEncoder(self.tokenizer, self.max_length)
-        self.engine = ScoringEngine(
-            self.model,
-            max_tokens_per_batch=self.config.max_tokens_per_batch,
-            head_chunk_tokens=self.config.head_chunk_tokens,
-            prefix_sharing=self.config.prefix_sharing,
-            deduplicate=self.config.deduplicate,
-            max_padding=self.config.max_padding,
-            pack_tokens=self.config.pack_tokens,
-        )
+        self.engine = ScoringEngine(self.model, self.config)
         self._lock = threading.Lock()  # one engine, one forward at a time; scores do not depend on interleaving
         # cumulative cost: calls, pairs, response tokens scored, tokens run through the verifier body, seconds
         self.stats = {"calls": 0, "pairs": 0, "tokens_scored": 0, "tokens_forward": 0, "seconds": 0.0}
@@ -161,32 +120,22 @@ class CrossModelEntropyReward:
     # ---- pickling: rebuild the verifier from its source --------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        if self._source is None:
+        spec = self.spec
+        if spec.is_object:
             logger.warning("Pickling a reward built from a model object: the whole model is pickled with it.")
-        return {
-            "name": self.__dict__.get("__name__"),
-            "config": self.config,
-            "show_progress_bar": self.show_progress_bar,
-            "init": self._init,
-            "source": self._source,
-            "verifier_object": self._verifier_object,
-        }
+        elif spec.tokenizer is not None and not isinstance(spec.tokenizer, (str, os.PathLike)):
+            spec = replace(spec, tokenizer=None)  # a tokenizer object is reloaded from the verifier's source
+        return {"name": self.__dict__.get("__name__"), "config": self.config, "spec": spec,
+                "show_progress_bar": self.show_progress_bar}  # fmt: skip
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         if state["name"] is not None:
             self.__name__ = state["name"]
-        self.config = state["config"]
-        self.show_progress_bar = state["show_progress_bar"]
-        self._init = state["init"]
-        self._source = state["source"]
-        self._verifier_object = state["verifier_object"]
-        if self._source is not None:
-            self._load(self._source, self._init["tokenizer"])
-        else:
-            self._load(*self._verifier_object)
+        self.config, self.spec, self.show_progress_bar = state["config"], state["spec"], state["show_progress_bar"]
+        self._load()
 
     def __repr__(self) -> str:
-        source = self._source or type(self.model).__name__
+        source = type(self.model).__name__ if self.spec.is_object else os.fspath(self.spec.source)
         return f"{type(self).__name__}({source!r}, device={self.device}, dtype={self.dtype}, name={self.__name__!r})"
 
     # ---- scoring ------------------------------------------------------------------------------------------------
@@ -255,7 +204,7 @@ class CrossModelEntropyReward:
             raise TypeError("the reward needs `prompts` and `completions` (TRL passes both as keyword arguments)")
         prompts, completions = check_batch(prompts, completions, responses_name="completions")
         start = time.perf_counter()
-        encoded = self._encode(prompts, completions, strict=False)
+        encoded = self._encode(prompts, completions, strict=False, responses_name="completions")
         results = self._run(encoded, strict=False)
         log_metric = kwargs.get("log_metric")
         if callable(log_metric):
@@ -267,7 +216,9 @@ class CrossModelEntropyReward:
 
     # ---- internals ----------------------------------------------------------------------------------------------
 
-    def _encode(self, prompts: list, responses: list, *, strict: bool) -> list[EncodedPair | None]:
+    def _encode(
+        self, prompts: list, responses: list, *, strict: bool, responses_name: str = "responses"
+    ) -> list[EncodedPair | None]:
         contexts: dict[Any, list[int]] = {}
         out: list[EncodedPair | None] = []
         for i, (prompt, response) in enumerate(zip(prompts, responses)):
@@ -275,7 +226,7 @@ class CrossModelEntropyReward:
                 key = prompt if isinstance(prompt, str) else repr(prompt)
                 if key not in contexts:
                     contexts[key] = self.encoder.context_ids(prompt, f"prompts[{i}]")
-                pair = self.encoder.fit(contexts[key], self.encoder.response_ids(response, f"responses[{i}]"))
+                pair = self.encoder.fit(contexts[key], self.encoder.response_ids(response, f"{responses_name}[{i}]"))
             except (TypeError, ValueError) as err:
                 if strict:
                     raise
@@ -296,8 +247,8 @@ class CrossModelEntropyReward:
         total = sum(len(encoded[i].response_ids) for i in todo)
         start = time.perf_counter()
         with self._lock, tqdm(total=total, unit="tok", desc="CME", disable=not show or not todo) as bar:
-            self.engine.max_rows = batch_size
-            logprobs = self.engine.score([(encoded[i].context_ids, encoded[i].response_ids) for i in todo], bar.update)
+            pairs = [(encoded[i].context_ids, encoded[i].response_ids) for i in todo]
+            logprobs = self.engine.score(pairs, max_rows=batch_size, progress=bar.update)
             self.stats["calls"] += 1
             self.stats["pairs"] += len(encoded)
             self.stats["tokens_scored"] += total
@@ -325,19 +276,3 @@ class CrossModelEntropyReward:
         ids = list(pair.response_ids)
         return TokenScores(ids, token_strings(self.tokenizer, ids), lp.tolist(), score, len(pair.context_ids),
                            pair.truncated)  # fmt: skip
-
-
-def token_strings(tokenizer: Any, ids: list[int], window: int = 8) -> list[str]:
-    """Display text of each token such that `"".join(...)` is the decoded response.
-
-    Decoding ids one at a time turns a character split over several byte-level tokens into U+FFFD; instead each
-    token gets the text its decoding adds to the few tokens before it, so the token completing a character shows it
-    and the partial ones show as empty strings.
-    """
-    out = []
-    for i in range(len(ids)):
-        start = max(0, i - window)
-        before = tokenizer.decode(ids[start:i]).rstrip("\ufffd") if i > start else ""
-        upto = tokenizer.decode(ids[start : i + 1]).rstrip("\ufffd")
-        out.append(upto[len(before) :] if upto.startswith(before) else tokenizer.decode([ids[i]]))
-    return out

@@ -10,13 +10,15 @@ from __future__ import annotations
 import html
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..atomic import write_atomic
+from .numbers import format_number
+
 if TYPE_CHECKING:
-    from .types import TokenScores
+    from ..types import TokenScores
 
 __all__ = ["logprob_color", "render_heatmap", "write_heatmap"]
 
@@ -70,12 +72,6 @@ def logprob_color(logprob: float, *, vmin: float = -10.0) -> str:
     return f"hsl({round(120 * frac)}, 70%, 78%)"
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return "-inf" if value == -math.inf else f"{value:.{digits}f}"
-
-
 def _sort_key(item: tuple[int, TokenScores]) -> tuple[int, float, int]:
     index, scores = item
     score = scores.score
@@ -93,12 +89,12 @@ def _token_html(token: str, logprob: float, token_id: int | None, *, vmin: float
     )
     body = body or '<span class="ws">\u2205</span>'  # a token that decodes to nothing on its own
     prob = math.exp(logprob) if math.isfinite(logprob) else 0.0
-    tip = f"logprob {_fmt(logprob)}  p={prob:.4g}  token {token!r}"
+    tip = f"logprob {format_number(logprob)}  p={prob:.4g}  token {token!r}"
     if token_id is not None:
         tip += f"  id {token_id}"
     return (
         f'<span class="t" style="background:{logprob_color(logprob, vmin=vmin)}" '
-        f'data-lp="{_fmt(logprob, 4)}" title="{html.escape(tip, quote=True)}">{body}</span>'
+        f'data-lp="{format_number(logprob, 4)}" title="{html.escape(tip, quote=True)}">{body}</span>'
     )
 
 
@@ -116,9 +112,9 @@ def _card_html(rank: int, index: int, prompt: str, scores: TokenScores, *, label
     body = spans or '<span class="empty">(empty response)</span>'
     label_html = f'<span class="label">{html.escape(label, quote=False)}</span>' if label else ""
     return (
-        f'<div class="card" id="r{index}" data-index="{index}" data-score="{_fmt(score, 6)}">\n'
+        f'<div class="card" id="r{index}" data-index="{index}" data-score="{format_number(score, 6)}">\n'
         f'<div class="head"><span class="rank">#{rank}</span>{label_html}'
-        f'<span class="score">CME {_fmt(score, 4)}</span><span>ppl {_fmt(ppl, 1)}</span>'
+        f'<span class="score">CME {format_number(score, 4)}</span><span>ppl {format_number(ppl, 1)}</span>'
         f"<span>{len(tokens)} token{'' if len(tokens) == 1 else 's'}</span><span>input #{index}</span>"
         f"<span>context {getattr(scores, 'context_length', '?')} tokens{truncated}</span></div>\n"
         f"<details><summary>Prompt</summary><pre>{html.escape(prompt, quote=False)}</pre></details>\n"
@@ -184,9 +180,10 @@ def render_heatmap(
         f'<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{esc_title}</title>\n'
         f"<style>{css}</style>\n</head>\n"
         f"<body>\n<h1>{esc_title}</h1>\n"
-        f'<div class="meta">{len(scored)} responses &middot; {n_tokens} tokens &middot; mean CME {_fmt(mean, 4)} '
+        f'<div class="meta">{len(scored)} responses &middot; {n_tokens} tokens &middot; '
+        f"mean CME {format_number(mean, 4)} "
         "&middot; sorted best first &middot; hover a token for its log-probability</div>\n"
-        f'<div class="legend"><span>log p &le; {_fmt(vmin, 1)} (unlikely)</span><span class="bar"></span>'
+        f'<div class="legend"><span>log p &le; {format_number(vmin, 1)} (unlikely)</span><span class="bar"></span>'
         "<span>0 (likely)</span></div>\n"
         f"{cards}\n</body>\n</html>\n"
     )
@@ -216,18 +213,4 @@ def write_heatmap(
         PosixPath('out/heatmap.html')
         ```
     """
-    path = Path(path)
-    page = render_heatmap(prompts, scored, **kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the page ordinary permissions
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, render_heatmap(prompts, scored, **kwargs))

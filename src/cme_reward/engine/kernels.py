@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import torch
 
+__all__ = ["blocked_token_logprobs", "token_logprobs"]
+
 
 def token_logprobs(hidden: torch.Tensor, targets: torch.Tensor, project: Callable, chunk: int) -> torch.Tensor:
     """Log-prob of `targets` under `project(hidden)`, in float32, `chunk` rows at a time.

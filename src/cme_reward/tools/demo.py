@@ -8,29 +8,30 @@ command prints its report.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
-import os
 import random
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .assets import mtbench_reference_pairs, resolve_verifier
+from ..atomic import write_atomic
+from ..config import CMEConfig
+from ..verifier import VerifierSpec
+from .assets import mtbench_reference_pairs
 from .heatmap import write_heatmap
+from .numbers import format_number
 
 if TYPE_CHECKING:
-    import torch
-
-    from .reward import CrossModelEntropyReward
+    from ..reward import CrossModelEntropyReward
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["format_report", "format_table", "run_demo", "score_reference_pairs", "shuffle_words"]
+__all__ = ["cmd_demo", "format_report", "format_table", "run_demo", "score_reference_pairs", "shuffle_words"]
 
 _SPLIT = re.compile(r"(\s+)")
 
@@ -148,27 +149,10 @@ def score_reference_pairs(
             labels=labels,
             title="Cross-Model Entropy: MT-Bench GPT-4 answers vs word-shuffled copies",
         )
-        result["scores_path"] = _write_jsonl(out / "scores.jsonl", rows)
+        result["scores_path"] = write_atomic(
+            out / "scores.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        )
     return result
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _num(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -187,8 +171,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         better = {True: "yes", False: "NO", None: "n/a (unshuffleable)"}[r["reference_better"]]
         lines.append(
-            f"{r['question_id']:<4} {r['category']:<{width}}  {_num(r['cme_reference']):>7}  "
-            f"{_num(r['cme_shuffled']):>8}  {r['tokens']:>6}  {better}"
+            f"{r['question_id']:<4} {r['category']:<{width}}  {format_number(r['cme_reference']):>7}  "
+            f"{format_number(r['cme_shuffled']):>8}  {r['tokens']:>6}  {better}"
         )
     return "\n".join(lines)
 
@@ -214,29 +198,25 @@ def format_report(result: dict[str, Any]) -> str:
 
 def run_demo(
     *,
-    verifier: str = "smollm2",
+    verifier: str | VerifierSpec = "smollm2",
+    config: CMEConfig | None = None,
     limit: int | None = None,
     output_dir: str | Path = "cme_demo_out",
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    batch_tokens: int | None = None,
     seed: int = 0,
     show_progress_bar: bool = True,
 ) -> dict[str, Any]:
     """Score MT-Bench GPT-4 reference answers against word-shuffled copies with a real verifier.
 
     Args:
-        verifier (`str`, *optional*, defaults to `"smollm2"`):
-            ``"smollm2"`` / ``"gemma3-270m"`` (GGUF shipped by a PyPI package, see :mod:`cme_reward.assets`), or a hub
-            id / local path / ``.gguf`` file passed to ``CrossModelEntropyReward``.
+        verifier (`str` or `VerifierSpec`, *optional*, defaults to `"smollm2"`):
+            ``"smollm2"`` / ``"gemma3-270m"`` (GGUF shipped by a registry package), a hub id / local path /
+            ``.gguf`` file, or a whole [`VerifierSpec`] (device, dtype...).
+        config (`CMEConfig`, *optional*):
+            Scoring options (`None`: the defaults).
         limit (`int`, *optional*):
             Score only the first ``limit`` pairs (all 30 by default).
         output_dir (`str` or `Path`, *optional*, defaults to `"cme_demo_out"`):
             Where ``heatmap.html`` and ``scores.jsonl`` are written.
-        device, dtype:
-            Passed to ``CrossModelEntropyReward`` (`None`: its defaults).
-        batch_tokens (`int`, *optional*):
-            ``max_tokens_per_batch`` of the reward (`None`: its default).
         seed (`int`, *optional*, defaults to `0`):
             Seed of the word shuffles.
         show_progress_bar (`bool`, *optional*, defaults to `True`):
@@ -254,22 +234,32 @@ def run_demo(
         1.0
         ```
     """
-    from .reward import CrossModelEntropyReward  # deferred: importing torch/transformers is slow
+    from ..reward import CrossModelEntropyReward  # deferred: importing torch/transformers is slow
 
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
     pairs = mtbench_reference_pairs()[:limit]
-    source, extra = resolve_verifier(verifier)
-    kwargs: dict[str, Any] = {"device": device, "dtype": dtype, "show_progress_bar": show_progress_bar, **extra}
-    if batch_tokens is not None:
-        kwargs["max_tokens_per_batch"] = batch_tokens
-    logger.info("loading verifier %s (%s)", verifier, source)
+    spec = verifier if isinstance(verifier, VerifierSpec) else VerifierSpec(verifier)
+    logger.info("loading verifier %s", spec.source)
     start = time.perf_counter()
-    reward = CrossModelEntropyReward(source, **kwargs)
+    reward = CrossModelEntropyReward(spec, config=config, show_progress_bar=show_progress_bar)
     load_seconds = time.perf_counter() - start
     logger.info("loaded in %.1f s; scoring %d pairs x 2", load_seconds, len(pairs))
     result = score_reference_pairs(reward, pairs, seed=seed, output_dir=output_dir)
-    result["verifier"] = verifier
+    result["verifier"] = str(spec.source)
     result["load_seconds"] = load_seconds
     result["report"] = format_report(result)
     return result
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``cme-reward demo``: run :func:`run_demo` with the command line's verifier flags and print its report."""
+    from .cli import UsageError, spec_and_config
+
+    spec, config = spec_and_config(args)
+    try:
+        result = run_demo(verifier=spec, config=config, limit=args.limit, output_dir=args.output_dir)
+    except (ModuleNotFoundError, FileNotFoundError, OSError) as err:
+        raise UsageError(str(err).strip().splitlines()[0]) from None
+    print(result["report"])
+    return 0
