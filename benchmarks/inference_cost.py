@@ -1,49 +1,46 @@
 """Print (and save) the README "Inference cost" section from benchmark JSONs plus a cost model.
 
-    python benchmarks/inference_cost.py [--results benchmarks/results] [--prompts 64 --group-size 8 \
+    python -m benchmarks.inference_cost [--results benchmarks/results] [--prompts 64 --group-size 8 \\
         --prompt-tokens 200 --response-tokens 300] [--out benchmarks/results/inference_cost.md]
 
-Measured rows come from `bench_scoring.py` JSONs (quick runs are skipped). The cost model prices one GRPO step and
-1M scored tokens for 0.5B / 1.5B / 7B verifiers: from our own GPU measurement of that preset when a JSON has one,
-else from the H100 anchors in /work/shared/research/perf-anchors.md (labelled as such).
+Measured rows come from `python -m benchmarks.scoring` JSONs (quick runs are skipped). The cost model prices one GRPO
+step and 1M scored tokens for 0.5B / 1.5B / 7B verifiers: from our own GPU measurement of that preset when a JSON has
+one, else from H100 anchor rates (earlier measurements of a scorer without prefix sharing, labelled as such).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cme_reward.atomic import write_atomic
 
-from bench_presets import build_config, flop_model  # noqa: E402
-from bench_targets import check_targets, targets_markdown  # noqa: E402
+from .lib.presets import build_config, flop_model
+from .lib.report import own_peak_fraction
+from .lib.results import load_reports
+from .lib.targets import check_targets, targets_markdown
+
+__all__ = ["main", "render"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 H100_BF16 = 989e12
-# perf-anchors.md, H100, "sorted + selective log-probs" (no prefix sharing), 256 pairs, prompt 30-300 / response
-# 20-700 tokens. The quoted MFU matches tok/s x 2 x params, so tok/s counts context + response tokens.
+# H100 anchor rates, bfloat16: a sorted, selective-log-prob scorer without prefix sharing, 256 pairs, prompt 30-300 /
+# response 20-700 tokens. Their quoted MFU matches tok/s x 2 x params, so tok/s counts context + response tokens.
 ANCHORS = {
     "qwen2-0.5b": {"tok_s": 187e3, "naive_tok_s": 27e3},
     "qwen2-1.5b": {"tok_s": 96e3, "naive_tok_s": 23e3},
     "qwen2-7b": {"tok_s": 30e3, "naive_tok_s": 14e3},
 }
+ANCHOR_SOURCE = "H100 anchor (earlier measurement, no prefix sharing), not measured here"
 VERIFIERS = {"qwen2-0.5b": "Qwen2-0.5B", "qwen2-1.5b": "Qwen2-1.5B", "qwen2-7b": "Qwen2-7B"}
+REAL_CHECK = "real SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)"
 
 
 def load_results(folder: Path) -> list[dict]:
-    reports = []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            report = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if "results" in report and not report.get("args", {}).get("quick"):
-            report["file"] = path.name
-            reports.append(report)
+    """Non-quick reports of `folder`, SmolLM2 first, then by group size and file name."""
     order = lambda r: (r["preset"] != "smollm2-135m", r["workload"]["group_size"], r["file"])  # noqa: E731
-    return sorted(reports, key=order)
+    return sorted(load_reports(folder, include_quick=False), key=order)
 
 
 def machine_label(report: dict) -> str:
@@ -66,30 +63,32 @@ def run_title(rep: dict) -> str:
 
 
 def measured_table(rep: dict, methods: set[str] | None) -> str:
+    """One run's table; each run's FLOP rate is given against the measured matmul peak of its own dtype."""
     peaks = rep["matmul_peak"]
+    peak_text = " / ".join(f"{d} {p['flops_per_s'] / 1e9:,.0f} G" for d, p in peaks.items())
     lines = [
         run_title(rep),
         "",
         "| method | dtype | scored tok/s | total tok/s | vs (a) | vs (b) | max abs score diff vs (a) | useful FLOP/s "
-        f"(% of measured fp32 / bf16 matmul peak: {peaks['float32']['flops_per_s'] / 1e9:,.0f} / "
-        f"{peaks['bfloat16']['flops_per_s'] / 1e9:,.0f} G) | MFU (spec) | peak memory |",
+        f"(% of the measured matmul peak of its dtype: {peak_text}) | MFU (spec) | peak memory |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    ratio = lambda x: f"{x:.2f}x" if x else "-"  # noqa: E731
     for name, r in rep["results"].items():
         if methods is not None and name.split(":")[0] not in methods:
             continue
         foreign = max(r.get("foreign_cpus_all") or [0.0])
         flag = f" (disturbed: other processes used {foreign:.1f} CPUs)" if foreign > 0.1 else ""
-        ratio = lambda x: f"{x:.2f}x" if x else "-"  # noqa: E731
         diff = r.get("max_abs_score_diff")
+        frac = own_peak_fraction(r)
         mfu = f"{100 * r['mfu_spec']:.0f} %" if r.get("mfu_spec") else "-"
         mem = "-" if r.get("peak_mem_mib") is None else f"+{r['peak_mem_mib']:,.0f} MiB"
         lines.append(
             f"| {r['label']}{flag} | {r['dtype']} | {r['scored_tokens_per_s']:,.0f} | "
             f"{r['total_tokens_per_s']:,.0f} | "
             f"{ratio(r['speedup_vs_a'])} | {ratio(r['speedup_vs_b'])} | {'-' if diff is None else f'{diff:.1e}'} | "
-            f"{r['useful_flops_per_s'] / 1e9:,.0f} G ({100 * r['frac_fp32_matmul_peak']:.0f} % / "
-            f"{100 * r['frac_bf16_matmul_peak']:.0f} %) | {mfu} | {mem} |"
+            f"{r['useful_flops_per_s'] / 1e9:,.0f} G ({'-' if frac is None else f'{100 * frac:.0f} %'}) | {mfu} | "
+            f"{mem} |"
         )
     return "\n".join(lines)
 
@@ -119,7 +118,7 @@ def anchor_rate(preset: str) -> float:
     return ANCHORS[preset]["tok_s"] * 2 * flop_model(build_config(preset)).params
 
 
-def cost_rows(reports: list[dict], args) -> list[str]:
+def cost_rows(reports: list[dict], args: argparse.Namespace) -> list[str]:
     scored = args.prompts * args.group_size * args.response_tokens
     rows = []
     for preset, name in VERIFIERS.items():
@@ -129,7 +128,7 @@ def cost_rows(reports: list[dict], args) -> list[str]:
             rep, r = measured
             rate, source = r["useful_flops_per_s"], f"measured, {rep['machine']['gpu']} {r['dtype']} ({rep['file']})"
         else:
-            rate, source = anchor_rate(preset), "H100 anchor (perf-anchors.md, no prefix sharing), not measured here"
+            rate, source = anchor_rate(preset), ANCHOR_SOURCE
         step_s = f["shared"] / rate
         step_unshared = f["unshared"] / rate
         per_m = step_s * 1e6 / scored
@@ -141,7 +140,7 @@ def cost_rows(reports: list[dict], args) -> list[str]:
     return rows
 
 
-def cpu_rows(reports: list[dict], args) -> list[str]:
+def cpu_rows(reports: list[dict], args: argparse.Namespace) -> list[str]:
     rows = []
     for rep in reports:
         if rep["machine"].get("gpu") or rep["preset"] not in {"smollm2-135m", "qwen2-0.5b", "small-152k"}:
@@ -157,7 +156,7 @@ def cpu_rows(reports: list[dict], args) -> list[str]:
     return rows
 
 
-def cost_section(reports: list[dict], args) -> str:
+def cost_section(reports: list[dict], args: argparse.Namespace) -> str:
     step = (
         f"{args.prompts} prompts x G={args.group_size}, prompt {args.prompt_tokens} / response {args.response_tokens}"
     )
@@ -188,7 +187,26 @@ def cost_section(reports: list[dict], args) -> str:
     return "\n".join(out)
 
 
-def render(reports: list[dict], args) -> str:
+def real_check_paragraph(path: Path) -> list[str]:
+    """The bf16-drift paragraph from `bf16_real_check.json` (nothing when the file is missing)."""
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text()).get(REAL_CHECK)
+    if r is None:
+        return []
+    return [
+        f"bfloat16 scores drift from float32 by the weights' precision, not the engine's: on real "
+        f"SmolLM2-135M-Instruct weights and {r['pairs']} MT-Bench answers the bf16 engine's mean log-prob differs "
+        f"from the float32 reference by {r['bf16_mean_abs_diff']:.1e} on average (max {r['bf16_max_abs_diff']:.1e}"
+        f"; mean score {r['mean_score']:.2f}); a float32 LM head on the bf16 body does not reduce it "
+        f"(`python -m benchmarks.bf16_real_check`). In float32 the engine matches the reference within "
+        f"{r['fp32_engine_max_abs_diff']:.0e}.",
+        "",
+    ]
+
+
+def render(reports: list[dict], args: argparse.Namespace) -> str:
+    """The whole section as markdown."""
     methods = None if args.all_methods else {"a", "b", "c", "d"}
     parts = [
         "## Inference cost",
@@ -197,45 +215,43 @@ def render(reports: list[dict], args) -> str:
         "log-softmax: `cme_reward.reference`), lm-evaluation-harness `HFLM` (b, driven with the same token ids), "
         "the engine without prefix sharing (c) and the full engine (d), on the same GRPO-shaped pairs in one run. "
         "Random-init verifiers of the real shapes (cost equals real weights). Reproduce with "
-        "`python benchmarks/bench_scoring.py --help`; useful FLOPs = body FLOPs of unique tokens + LM-head FLOPs of "
-        "response tokens.",
+        "`python -m benchmarks.scoring --help`; useful FLOPs = body FLOPs of unique tokens + LM-head FLOPs of "
+        "response tokens, given against the measured dense-matmul peak of each run's own dtype.",
         "",
         *(measured_table(rep, methods) + "\n" for rep in reports),
     ]
     if not reports:
         parts.append("(no benchmark results found)")
-    real = args.results / "bf16_real_check.json"
-    if real.exists():
-        r = json.loads(real.read_text())["real SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)"]
-        parts += [
-            f"bfloat16 scores drift from float32 by the weights' precision, not the engine's: on real "
-            f"SmolLM2-135M-Instruct weights and {r['pairs']} MT-Bench answers the bf16 engine's mean log-prob differs "
-            f"from the float32 reference by {r['bf16_mean_abs_diff']:.1e} on average (max {r['bf16_max_abs_diff']:.1e}"
-            f"; mean score {r['mean_score']:.2f}); a float32 LM head on the bf16 body does not reduce it "
-            f"(`benchmarks/bf16_real_check.py`). In float32 the engine matches the reference within "
-            f"{r['fp32_engine_max_abs_diff']:.0e}.",
-            "",
-        ]
+    parts += real_check_paragraph(args.results / "bf16_real_check.json")
     checks = check_targets(reports)
     if checks:
-        parts += ["Targets of the benchmark issue (CPU):", "", targets_markdown(checks), ""]
+        parts += ["CPU targets of the benchmark (`python -m benchmarks.targets`):", "", targets_markdown(checks), ""]
     parts += [cost_section(reports, args), ""]
     return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> str:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", type=Path, default=RESULTS)
+    """Render the section, write it to `--out` and print it; returns the text."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.inference_cost",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--results", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--prompt-tokens", type=int, default=200)
     p.add_argument("--response-tokens", type=int, default=300)
     p.add_argument("--out", type=Path, default=RESULTS / "inference_cost.md")
-    p.add_argument("--all-methods", action="store_true", help="also list (e), the chunked-head ablation")
+    p.add_argument("--all-methods", action="store_true", help="also list (e) and (g), the engine ablations")
     args = p.parse_args(argv)
+    for key in ("prompts", "group_size", "prompt_tokens", "response_tokens"):
+        if getattr(args, key) < 1:
+            p.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+    if not args.results.is_dir():
+        p.error(f"--results: {args.results} is not a folder")
     text = render(load_results(args.results), args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_atomic(args.out, text)
     print(text)
     return text
 

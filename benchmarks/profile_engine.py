@@ -1,41 +1,47 @@
-"""Where the engine's time goes: torch.profiler op table of one method on a GRPO workload (CPU or GPU).
+"""Where a method's time goes: torch.profiler op table of one method on a GRPO workload (CPU or GPU).
 
-python benchmarks/profile_engine.py --preset smollm2-135m --method d --prompts 4 [--dtype bfloat16]
+python -m benchmarks.profile_engine --preset smollm2-135m --method d --prompts 4 [--dtype bfloat16]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from .lib.machine import DTYPES
+from .lib.methods import FACTORIES
+from .lib.presets import PRESETS, build_model
+from .lib.workload import make_workload
 
-from bench_methods import FACTORIES  # noqa: E402
-from bench_presets import PRESETS, build_model  # noqa: E402
-from bench_workload import make_workload  # noqa: E402
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Profile one method once (after a warm-up on one group) and print the op table."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.profile_engine",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--preset", default="smollm2-135m", choices=sorted(PRESETS))
     p.add_argument("--method", default="d", choices=sorted(FACTORIES))
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--group-size", type=int, default=4)
     p.add_argument("--prompt-len", type=int, nargs=2, default=(50, 300))
     p.add_argument("--response-len", type=int, nargs=2, default=(50, 300))
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--budget", type=int, default=8192)
     p.add_argument("--attn", default=None)
-    p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--rows", type=int, default=25, help="rows of the op table")
     args = p.parse_args(argv)
-    model = build_model(args.preset, attn_implementation=args.attn).to(getattr(torch, args.dtype))
+    model = build_model(args.preset, attn_implementation=args.attn).to(DTYPES[args.dtype])
     work = make_workload(args.prompts, args.group_size, tuple(args.prompt_len), tuple(args.response_len),
                          model.config.vocab_size, 0)  # fmt: skip
     method = FACTORIES[args.method](model, budget=args.budget, lm_eval_batch_size=4)
+    if isinstance(method, str):
+        raise SystemExit(f"--method {args.method} cannot run here: {method}")
     method.run(work.pairs[: args.group_size])
     start = time.perf_counter()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

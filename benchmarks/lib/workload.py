@@ -1,4 +1,4 @@
-"""GRPO-shaped, tokenizer-free workload: P prompts x G completions of random token ids, seeded."""
+"""GRPO-shaped, tokenizer-free workload: P prompts x G completions of random token ids, seeded; useful FLOPs."""
 
 from __future__ import annotations
 
@@ -6,14 +6,20 @@ import math
 from dataclasses import dataclass
 
 import torch
-from bench_presets import FlopModel
+
+from .presets import FlopModel
+
+__all__ = ["Pair", "Workload", "flop_summary", "lengths", "make_workload", "naive_flops", "no_sharing_flops",
+           "useful_flops"]  # fmt: skip
 
 Pair = tuple[list[int], list[int]]
 
 
 @dataclass
 class Workload:
-    pairs: list[Pair]  # prompt-major: pairs[p * G + g]
+    """Prompt-major pairs: `pairs[p * group_size + g]` is completion g of prompt p (all G share one context list)."""
+
+    pairs: list[Pair]
     prompts: int
     group_size: int
 
@@ -57,13 +63,39 @@ def lengths(n: int, lo: int, hi: int, gen: torch.Generator) -> list[int]:
     covering about +-2 sigma (completion lengths in RL are right-skewed), clipped."""
     mu = 0.5 * (math.log(lo) + math.log(hi))
     sigma = max((math.log(hi) - math.log(lo)) / 4, 1e-6)
-    x = torch.randn(n, generator=gen, dtype=torch.float64) * sigma + mu
+    x = torch.randn(n, generator=gen, dtype=torch.float64) * sigma + mu  # (n,)
     return [int(v) for v in x.exp().round().clamp(lo, hi)]
 
 
 def make_workload(
     prompts: int, group_size: int, prompt_len: tuple[int, int], response_len: tuple[int, int], vocab: int, seed: int
 ) -> Workload:
+    """P prompts x G completions of random token ids below `vocab`, lengths drawn by [`lengths`].
+
+    Args:
+        prompts (`int`): P, at least 1.
+        group_size (`int`): G completions per prompt, at least 1.
+        prompt_len (`tuple[int, int]`): (lo, hi) prompt lengths, 1 <= lo <= hi.
+        response_len (`tuple[int, int]`): (lo, hi) response lengths, 1 <= lo <= hi.
+        vocab (`int`): token ids are drawn from [0, vocab).
+        seed (`int`): seed of every draw.
+
+    Returns:
+        [`Workload`].
+
+    Example:
+        ```python
+        >>> work = make_workload(2, 4, (8, 24), (8, 24), vocab=1024, seed=0)
+        >>> len(work.pairs)
+        8
+        ```
+    """
+    for name, value in (("prompts", prompts), ("group_size", group_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for name, (lo, hi) in (("prompt_len", prompt_len), ("response_len", response_len)):
+        if not 1 <= lo <= hi:
+            raise ValueError(f"{name} must be (lo, hi) with 1 <= lo <= hi, got {(lo, hi)!r}")
     gen = torch.Generator().manual_seed(seed)
     ctx_lens = lengths(prompts, *prompt_len, gen)
     resp_lens = lengths(prompts * group_size, *response_len, gen)
@@ -100,6 +132,7 @@ def no_sharing_flops(work: Workload, fm: FlopModel) -> int:
 
 
 def flop_summary(work: Workload, fm: FlopModel) -> dict:
+    """Useful, no-sharing and naive FLOPs of `work`, and the speed-ups the FLOP counts alone allow at equal FLOP/s."""
     useful = useful_flops(work, fm)
     naive, no_sharing = naive_flops(work, fm), no_sharing_flops(work, fm)
     return {
@@ -107,7 +140,7 @@ def flop_summary(work: Workload, fm: FlopModel) -> dict:
         "no_sharing": no_sharing,
         "naive_executed": naive,
         "per_token": vars(fm),
-        "flop_ratio_bounds": {  # speed-ups the FLOP counts alone allow, at equal FLOP/s
+        "flop_ratio_bounds": {
             "d_vs_a": naive / useful["total"],
             "c_vs_a": naive / no_sharing,
             "d_vs_c": no_sharing / useful["total"],

@@ -1,4 +1,4 @@
-"""Timing, peak memory (CPU RSS sampler / CUDA allocator), matmul peak and machine info."""
+"""Timing, peak memory (CPU: kernel peak RSS reset per run; GPU: allocator peak) and load from other processes."""
 
 from __future__ import annotations
 
@@ -11,13 +11,8 @@ from collections.abc import Callable
 
 import torch
 
-# Spec-sheet dense peaks (FLOP/s) for MFU, keyed by a substring of the CUDA device name.
-GPU_SPEC_PEAK = {
-    "H200": {"bfloat16": 989e12, "float32": 67e12},
-    "H100": {"bfloat16": 989e12, "float32": 67e12},
-    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
-    "L40S": {"bfloat16": 362e12, "float32": 91.6e12},
-}
+__all__ = ["ForeignLoad", "PeakMemory", "release_memory", "reset_peak_rss", "setup_malloc", "sync", "timed",
+           "wait_idle"]  # fmt: skip
 
 _LIBC = None
 
@@ -41,6 +36,7 @@ def setup_malloc() -> None:
 
 
 def release_memory(device: torch.device) -> None:
+    """Collect garbage, empty the CUDA cache and trim the C heap, so the next run starts from a clean baseline."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -50,16 +46,17 @@ def release_memory(device: torch.device) -> None:
 
 
 def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work (no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _status_kib(field: str) -> int:
+def _status_kib(name: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith(field + ":"):
+            if line.startswith(name + ":"):
                 return int(line.split()[1])
-    raise KeyError(field)
+    raise KeyError(name)
 
 
 def reset_peak_rss() -> bool:
@@ -125,7 +122,11 @@ class ForeignLoad:
 
 
 def wait_idle(max_foreign: float, timeout: float) -> float:
-    """Wait (up to `timeout` s) until other processes use less than `max_foreign` CPUs over a 1 s window."""
+    """Wait (up to `timeout` s) until other processes use less than `max_foreign` CPUs over a 1 s window.
+
+    Returns:
+        `float`: seconds waited.
+    """
     start = time.perf_counter()
     while time.perf_counter() - start < timeout:
         with ForeignLoad() as load:
@@ -135,8 +136,12 @@ def wait_idle(max_foreign: float, timeout: float) -> float:
     return time.perf_counter() - start
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float, int, float]:
-    """Run `fn` once: (result, seconds, peak extra bytes, CPUs used by other processes meanwhile)."""
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float, int | None, float]:
+    """Run `fn` once.
+
+    Returns:
+        `tuple`: (result, seconds, peak extra bytes or None, CPUs used by other processes meanwhile).
+    """
     release_memory(device)
     sync(device)
     with PeakMemory(device) as mem, ForeignLoad() as load:
@@ -145,91 +150,3 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float
         sync(device)
         seconds = time.perf_counter() - start
     return out, seconds, mem.peak_bytes, load.cpus
-
-
-def _mm_rate(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, reps: int) -> float:
-    a = torch.randn(m, k, device=device).to(dtype)
-    b = torch.randn(k, n, device=device).to(dtype)
-    torch.mm(a, b)
-    sync(device)
-    best = 0.0
-    for _ in range(reps):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        sync(device)
-        best = max(best, 2 * m * k * n / (time.perf_counter() - start))
-    return best
-
-
-@torch.inference_mode()
-def matmul_peak(
-    dtype: torch.dtype,
-    device: torch.device,
-    sizes: tuple[int, ...] | None = None,
-    shapes: list[tuple[int, int, int]] | None = None,
-    reps: int = 3,
-) -> dict:
-    """The machine's practical dense-matmul peak: best FLOP/s of big square torch.mm (and, when given, of the model's
-    own (m, k, n) matmul shapes, which on CPU can run faster than a square mm bigger than the caches)."""
-    if sizes is None:
-        sizes = (4096, 8192) if device.type == "cuda" else (1024, 2048, 3072)
-    reps = reps if device.type == "cpu" else 10 * reps
-    square = {n: _mm_rate(n, n, n, dtype, device, reps) for n in sizes}
-    shaped = {f"{m}x{k}x{n}": _mm_rate(m, k, n, dtype, device, reps) for m, k, n in shapes or []}
-    return {
-        "flops_per_s": max([*square.values(), *shaped.values()]),
-        "square_flops_per_s": max(square.values()),
-        "square": square,
-        "model_shapes": shaped,
-        "dtype": str(dtype).removeprefix("torch."),
-    }
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info(device: torch.device) -> dict:
-    import transformers
-
-    info = {
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "gpu": None,
-    }
-    try:
-        import lm_eval
-
-        info["lm_eval"] = getattr(lm_eval, "__version__", "installed")
-    except ImportError:
-        info["lm_eval"] = None
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info["gpu"] = props.name
-        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
-        info["cuda"] = torch.version.cuda
-        info["allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
-    return info
-
-
-def gpu_spec_peak(device: torch.device, dtype: torch.dtype) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, peaks in GPU_SPEC_PEAK.items():
-        if key in name:
-            return peaks.get(str(dtype).removeprefix("torch."))
-    return None

@@ -1,4 +1,4 @@
-"""Verifier presets: random-init causal LMs of real shapes (cost equals real weights), and their FLOP counts."""
+"""Verifier presets: random-init causal LMs of real shapes (their cost equals real weights'), and FLOP counts."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import copy
 from dataclasses import dataclass
 
 import torch
+
+__all__ = ["PRESETS", "FlopModel", "build_config", "build_model", "converted_copy", "flop_model"]
 
 SMOLLM2 = dict(
     arch="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -58,9 +60,32 @@ class FlopModel:
         return self.body_linear * n + self.attn_per_key * keys
 
 
+def _check_preset(preset: str) -> None:
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+
+
 def build_config(preset: str, attn_implementation: str | None = None):
+    """The `transformers` config of `preset`.
+
+    Args:
+        preset (`str`):
+            A key of `PRESETS`.
+        attn_implementation (`str`, *optional*):
+            Attention kernel (`"sdpa"`, `"eager"`...); `None` keeps transformers' choice.
+
+    Returns:
+        `LlamaConfig` or `Qwen2Config`.
+
+    Example:
+        ```python
+        >>> build_config("smollm2-135m").vocab_size
+        49152
+        ```
+    """
     from transformers import LlamaConfig, Qwen2Config
 
+    _check_preset(preset)
     spec = dict(PRESETS[preset])
     arch = spec.pop("arch")
     cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
@@ -81,9 +106,32 @@ def build_model(
 ) -> torch.nn.Module:
     """Random-init model of `preset`'s shape, in eval mode, frozen.
 
-    `logit_std`: scale the final norm so logits have about this spread (random init is nearly uniform; real LMs are
-    peaked), which makes score comparisons between methods meaningful: at 2.0 the bf16-vs-fp32 score drift is close to
-    that of real SmolLM2-135M weights on real text (benchmarks/bf16_real_check.py). `None` keeps the raw init.
+    Args:
+        preset (`str`):
+            A key of `PRESETS`.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`):
+            Parameter dtype.
+        device (`str` or `torch.device`, *optional*, defaults to `"cpu"`):
+            Where the parameters are created.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the random init.
+        logit_std (`float`, *optional*, defaults to `2.0`):
+            Scale the final norm so logits have about this spread (random init is nearly uniform; real LMs are
+            peaked), which makes score comparisons between methods meaningful: at 2.0 the bf16-vs-fp32 score drift
+            is close to that of real SmolLM2-135M weights on real text (`python -m benchmarks.bf16_real_check`).
+            `None` keeps the raw init.
+        attn_implementation (`str`, *optional*):
+            Attention kernel; `None` keeps transformers' choice.
+
+    Returns:
+        `torch.nn.Module`: the causal LM.
+
+    Example:
+        ```python
+        >>> model = build_model("tiny")
+        >>> model.config.vocab_size
+        1024
+        ```
     """
     from transformers import AutoModelForCausalLM
 
@@ -101,13 +149,27 @@ def build_model(
 def _calibrate_logits(model: torch.nn.Module, target_std: float, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (1, 64), generator=gen).to(model.device)
+    ids = torch.randint(0, vocab, (1, 64), generator=gen).to(model.device)  # (1, 64)
     std = model(input_ids=ids).logits.float().std().item()
     model.model.norm.weight.mul_(target_std / max(std, 1e-6))
 
 
 def flop_model(config) -> FlopModel:
-    """FLOPs of a Llama/Qwen2-style decoder from its config (matmuls only; norms, rotary, softmax are not counted)."""
+    """FLOPs of a Llama/Qwen2-style decoder from its config (matmuls only; norms, rotary, softmax are not counted).
+
+    Args:
+        config (`PretrainedConfig`):
+            A decoder config with `hidden_size`, `num_hidden_layers`, `intermediate_size`, attention head counts.
+
+    Returns:
+        [`FlopModel`]: per-token FLOPs.
+
+    Example:
+        ```python
+        >>> flop_model(build_config("tiny")).head  # 2 * hidden * vocab
+        131072
+        ```
+    """
     h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
     head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
     q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
@@ -122,9 +184,25 @@ def flop_model(config) -> FlopModel:
 
 
 def converted_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """A copy of `model` in `dtype`, same device, converted one parameter at a time: peak memory is the model plus
-    its converted copy, not two copies in the original dtype (matters for a 7B model on one GPU). Tied parameters
-    stay tied."""
+    """A copy of `model` in `dtype` on the same device, converted one parameter at a time.
+
+    Peak memory is the model plus its converted copy, not two copies in the original dtype (matters for a 7B model
+    on one GPU). Tied parameters stay tied.
+
+    Args:
+        model (`torch.nn.Module`):
+            The source model; left unchanged.
+        dtype (`torch.dtype`):
+            Target dtype of parameters and floating-point buffers.
+
+    Returns:
+        `torch.nn.Module`: the converted copy.
+
+    Example:
+        ```python
+        >>> bf16 = converted_copy(build_model("tiny"), torch.bfloat16)
+        ```
+    """
     memo = {id(p): None for p in model.parameters()}  # deepcopy leaves the parameters out
     clone = copy.deepcopy(model, memo)
     converted: dict[int, torch.nn.Parameter] = {}

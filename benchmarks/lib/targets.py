@@ -1,22 +1,17 @@
-"""The issue's CPU targets: the runs that measure them and the pass/fail checks.
-
-python benchmarks/bench_targets.py --run         # runs every target config (a few minutes each), then checks
-python benchmarks/bench_targets.py               # checks the JSONs already in benchmarks/results
-"""
+"""The benchmark's CPU targets: the runs that measure them and their pass/fail checks."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from .report import own_peak_fraction
 
-RESULTS = Path(__file__).resolve().parent / "results"
+__all__ = ["RUNS", "TARGETS", "check_targets", "targets_markdown"]
+
 COMMON = ["--prompt-len", "50", "300", "--response-len", "50", "300", "--wait-idle", "90", "--repeats", "2"]
 G4 = "a,b,c,d,e,d:bfloat16"
 G8 = "a,c,d"
+# Run name (the JSON's stem) -> `python -m benchmarks.scoring` arguments.
 RUNS: dict[str, list[str]] = {
     "cpu-smollm2-135m-g4": ["--preset", "smollm2-135m", "--group-size", "4", "--prompts", "12", *COMMON,
                             "--methods", G4],
@@ -28,13 +23,13 @@ RUNS: dict[str, list[str]] = {
                                          "--wait-idle", "90", "--repeats", "2", "--methods", G8],
 }  # fmt: skip
 
-# (run, description, method, metric, op, threshold); metric "X/Y" = seconds of X / seconds of `method`. Each target is
-# checked on the engine: (d) full, (c) without prefix sharing.
+# (run, description, methods, metric, op, threshold); metric "X/Y" = seconds of X / seconds of the method. Each target
+# is checked on the engine: (d) full, (c) without prefix sharing.
 TARGETS = [
     ("cpu-smollm2-135m-g4", "SmolLM2 fp32: {m} >= 1.6x (a)", "d", "speedup_vs_a", ">=", 1.6),
     ("cpu-smollm2-135m-g4", "SmolLM2 fp32: {m} >= 1.6x (b)", "d", "speedup_vs_b", ">=", 1.6),
     ("cpu-smollm2-135m-g4", "SmolLM2 fp32: {m} useful FLOP/s >= 75 % of fp32 matmul peak", "d",
-     "frac_fp32_matmul_peak", ">=", 0.75),
+     "frac_matmul_peak", ">=", 0.75),
     ("cpu-smollm2-135m-g4", "SmolLM2 fp32: {m} scores within 1e-4 of (a)", "c|d", "max_abs_score_diff", "<=", 1e-4),
     ("cpu-smollm2-135m-g4", "SmolLM2 bf16: {m} >= 2.5x fp32 (a)", "d:bfloat16", "speedup_vs_a", ">=", 2.5),
     ("cpu-smollm2-135m-g4", "SmolLM2 bf16: {m} within 5e-3 of fp32 (a)", "d:bfloat16",
@@ -44,20 +39,29 @@ TARGETS = [
     ("cpu-smollm2-135m-g8", "SmolLM2 G=8, prompts as long as responses: (d) >= 2x (c)", "d", "c/d", ">=", 2.0),
     ("cpu-smollm2-135m-g8-long-prompts", "SmolLM2 G=8, prompts 300-900: (d) >= 2x (c)", "d", "c/d", ">=", 2.0),
 ]  # fmt: skip
-BOUNDS = {"speedup_vs_a": "d_vs_a", "c/d": "d_vs_c"}  # FLOP-count bounds of bench_workload
+BOUNDS = {"speedup_vs_a": "d_vs_a", "c/d": "d_vs_c"}  # FLOP-count bounds (lib.workload.flop_summary)
 
 
 def metric(report: dict, key: str, name: str) -> float | None:
+    """Value of metric `name` for result `key` of `report` (`None` where it has no such result)."""
     results = report["results"]
     if key not in results:
         return None
     if "/" in name:
         other = name.split("/")[0]
         return results[other]["seconds"] / results[key]["seconds"] if other in results else None
+    if name == "frac_matmul_peak":
+        return own_peak_fraction(results[key])  # older files: the key of the run's dtype
     return results[key].get(name)
 
 
 def check_targets(reports: list[dict]) -> list[dict]:
+    """Check every target whose run is among `reports` (each with its `file` name).
+
+    Returns:
+        `list[dict]`: one check per target and method: `run`, `target`, `value`, `threshold`, `op`, `passed`,
+        `flop_bound` (the speed-up the FLOP counts alone allow, where one applies).
+    """
     by_run = {Path(r["file"]).stem: r for r in reports if "file" in r}
     checks = []
     for run, text, keys, name, op, threshold in TARGETS:
@@ -81,6 +85,7 @@ def _fmt(x: float | None, op: str) -> str:
 
 
 def targets_markdown(checks: list[dict]) -> str:
+    """The checks as a markdown table."""
     lines = ["| target | measured | pass | FLOP-count bound at equal FLOP/s | run |", "|---|---|---|---|---|"]
     for c in checks:
         bound = f"{c['flop_bound']:.2f}x" if c["flop_bound"] else "-"
@@ -89,35 +94,3 @@ def targets_markdown(checks: list[dict]) -> str:
             f"{c['run']} |"
         )
     return "\n".join(lines)
-
-
-def load(folder: Path) -> list[dict]:
-    reports = []
-    for path in sorted(folder.glob("*.json")):
-        report = json.loads(path.read_text())
-        if "results" in report:
-            reports.append(dict(report, file=path.name))
-    return reports
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", nargs="*", default=None, help="run these target configs (none given: all) first")
-    p.add_argument("--results", type=Path, default=RESULTS)
-    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more bench_scoring.py arguments")
-    args = p.parse_args(argv)
-    if args.run is not None:
-        import bench_scoring
-
-        for name in args.run or list(RUNS):
-            print(f"== {name}", file=sys.stderr)
-            bench_scoring.main([*RUNS[name], "--out", str(args.results / f"{name}.json"), *args.extra])
-    checks = check_targets(load(args.results))
-    table = targets_markdown(checks)
-    (args.results / "targets.md").write_text(table + "\n")
-    print(table)
-    return checks
-
-
-if __name__ == "__main__":
-    main()
