@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["REDUCTIONS", "CMEConfig"]
+from .alignment import ALIGNMENTS
 
-REDUCTIONS = ("mean", "sum", "min")
+if TYPE_CHECKING:
+    from .spans import SpanRule
+
+__all__ = ["ALIGNMENTS", "METRICS", "REDUCTIONS", "CMEConfig"]
+
+METRICS = ("logprob", "entropy")
+REDUCTIONS = ("mean", "sum", "min", "perplexity", "quantile")
 
 
 def _is_int(value: Any) -> bool:
@@ -17,6 +23,16 @@ def _is_int(value: Any) -> bool:
 
 def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _span_problem(rule: Any) -> str | None:
+    from .spans import check_span_rule
+
+    try:
+        check_span_rule(rule)
+    except (TypeError, ValueError) as err:
+        return str(err)
+    return None
 
 
 def _optional(check):
@@ -35,14 +51,22 @@ _CHECKS = {
     "max_padding": (_optional(lambda v: _is_real(v) and v >= 0 or v == math.inf), "a float >= 0 or None"),
     "pack_tokens": (lambda v: _is_int(v) and (v == 0 or v >= 2), "0 (off) or an int >= 2"),
     "min_shared_tokens": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "metric": (lambda v: v in METRICS, f"one of {METRICS}"),
+    "quantile": (lambda v: _is_real(v) and 0 <= v <= 1, "a float in [0, 1]"),
+    "score_span": (_optional(lambda v: _span_problem(v) is None), "None, 'boxed', a regular expression or a callable"),
+    "span_weight": (lambda v: _is_real(v) and 0 <= v <= 1, "a float in [0, 1]"),
+    "missing_span_value": (_optional(_is_real), "a finite float or None"),
+    "score_eos": (lambda v: isinstance(v, bool), "a bool"),
+    "verifier_prompt_column": (_optional(lambda v: isinstance(v, str) and bool(v)), "a column name or None"),
+    "alignment": (lambda v: v in ALIGNMENTS, f"one of {ALIGNMENTS}"),
     "head_vocab_block": (_optional(lambda v: _is_int(v) and v >= 0), "an int >= 0 (0 = off) or None"),
 }
 
 
 @dataclass(frozen=True)
 class CMEConfig:
-    """How [`CrossModelEntropyReward`] scores: the reduction and the engine's batching knobs. How the verifier is
-    loaded (source, device, dtype, revision...) lives in [`VerifierSpec`].
+    """How [`CrossModelEntropyReward`] scores: the metric, the reduction, the span, and the engine's batching knobs.
+    How the verifier is loaded (source, device, dtype, revision...) lives in [`VerifierSpec`].
 
     Args:
         max_tokens_per_batch (`int`, defaults to `8192`):
@@ -53,7 +77,9 @@ class CMEConfig:
             Longest sequence (context + response tokens) fed to the verifier; `None` uses the verifier's context size
             (`max_position_embeddings`). Longer pairs keep the response and lose the start of the context.
         reduction (`str`, defaults to `"mean"`):
-            How token log-probs become one score: `"mean"` (Cross-Model Entropy), `"sum"` or `"min"`.
+            How per-token values become one score: `"mean"` (Cross-Model Entropy), `"sum"`, `"min"`, `"perplexity"`
+            (`-exp(-mean)`, the authors' "perplexity" metric, still higher = better) or `"quantile"` (the `quantile`-th
+            quantile of the values, linear interpolation).
         empty_value (`float`, *optional*):
             Score of a response with no token to score (empty string). `None` (default) tells TRL to ignore the
             sample (it becomes NaN and `nansum` skips it); a float such as `-10.0` is a floor.
@@ -81,6 +107,33 @@ class CMEConfig:
             Vocabulary block of a bias-free, uncapped LM head: each (512 rows x block) logits block is reduced in
             place while it sits in cache. `0` turns it off; `None`: 1024 on CPU, off elsewhere (on GPU the chunked
             head is already bandwidth-efficient).
+        metric (`str`, defaults to `"logprob"`):
+            What the verifier says about each response token: `"logprob"`, its log-probability (CME), or
+            `"entropy"`, the negated predictive entropy `sum_v p_v log p_v` at that position (a confident verifier
+            scores higher; it does not depend on which token was written). Both are higher = better.
+        quantile (`float`, defaults to `0.1`):
+            The quantile of `reduction="quantile"`, in [0, 1] (0 = min).
+        score_span (`str` or `callable`, *optional*):
+            Score only part of the response: `"boxed"` (the content of the last balanced `\\boxed{...}`), a regular
+            expression (its last match; group 1 if it has one) or a callable `text -> (start, end) | None` of
+            character offsets. Only verifier tokens whose characters overlap the span are reduced. `None`: the whole
+            response.
+        span_weight (`float`, defaults to `1.0`):
+            Score = `span_weight * span score + (1 - span_weight) * whole-response score` (1.0 = span only).
+        missing_span_value (`float`, *optional*):
+            Score when `score_span` finds no span (`None`: TRL ignores the sample); e.g. `-5.0` punishes a missing
+            `\\boxed{}` answer as the authors' `no_box_penalty` does.
+        score_eos (`bool`, defaults to `False`):
+            Also score the verifier's end-of-turn token after a response that ended (not one clipped at the length
+            limit), so stopping at a natural point is rewarded and stopping early is not free. See
+            `CrossModelEntropyReward.__call__` for how "ended" is known.
+        verifier_prompt_column (`str`, *optional*):
+            In the TRL call, take the verifier's prompt from this dataset column (plain text or messages) instead of
+            `prompts`, so a system prompt or format instruction meant for the policy is not scored against.
+        alignment (`str`, defaults to `"bytes"`):
+            How `score_dense` maps verifier-token values onto policy tokens: `"bytes"` spreads each verifier token's
+            value over its UTF-8 bytes and sums them per policy token (the sum is conserved), `"overlap_mean"` gives
+            each policy token the mean of the verifier tokens it overlaps (the authors' rule, for replication).
 
     Example:
 
@@ -104,6 +157,14 @@ class CMEConfig:
     pack_tokens: int = 0
     min_shared_tokens: int = 32
     head_vocab_block: int | None = None
+    metric: str = "logprob"
+    quantile: float = 0.1
+    score_span: SpanRule = None
+    span_weight: float = 1.0
+    missing_span_value: float | None = None
+    score_eos: bool = False
+    verifier_prompt_column: str | None = None
+    alignment: str = "bytes"
 
     def __post_init__(self) -> None:
         for name in _CHECKS:
@@ -115,7 +176,10 @@ class CMEConfig:
     def problem(name: str, value: Any) -> str | None:
         """`None` when `value` is allowed for option `name`, else what is allowed (e.g. `"a positive int"`)."""
         ok, allowed = _CHECKS[name]
-        return None if ok(value) else allowed
+        if ok(value):
+            return None
+        detail = _span_problem(value) if name == "score_span" else None
+        return f"{allowed} ({detail})" if detail else allowed
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -31,8 +31,16 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 @dataclass(frozen=True)
 class EncodedPair:
     context_ids: list[int]  # what the verifier conditions on
-    response_ids: list[int]  # the tokens that are scored
+    response_ids: list[int]  # the tokens that are scored: text tokens (then end-of-turn tokens when added)
     truncated: bool = False
+    text: str = ""  # the response text
+    text_ids: tuple[int, ...] = ()  # all tokens of the text, before any cut
+    offset: int = 0  # text tokens moved into the context (1 when there was no BOS/EOS to start from)
+
+    @property
+    def text_tokens(self) -> int:
+        """How many of `response_ids` are tokens of the text (the rest are added end-of-turn tokens)."""
+        return min(len(self.response_ids), len(self.text_ids) - self.offset)
 
 
 def check_batch(prompts: Any, responses: Any, *, prompts_name: str = "prompts", responses_name: str = "responses"):
@@ -137,14 +145,69 @@ class PairEncoder:
     def response_ids(self, response: Any, where: str) -> list[int]:
         return list(self.tokenizer(response_text(response, where), add_special_tokens=False).input_ids)
 
-    def fit(self, context: list[int], response: list[int]) -> EncodedPair:
+    def end_of_turn_ids(self, chat: bool) -> list[int]:
+        """The verifier's end-of-turn token(s): for a chat prompt, what its chat template writes after an assistant
+        message, up to and including the first special token (`<|im_end|>`, `<end_of_turn>`, `<|eot_id|>`...);
+        otherwise, or when the template shows none, the EOS token (none: `[]`)."""
+        tok = self.tokenizer
+        if chat and self.has_chat_template:
+            marker = "\u2063cme-end-marker\u2063"
+            messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}]
+            try:
+                text = tok.apply_chat_template(messages, tokenize=False)
+            except Exception:  # noqa: BLE001 - a template that refuses this shape: fall back to EOS
+                text = ""
+            if marker in text:
+                tail = tok(text[text.index(marker) + len(marker) :], add_special_tokens=False).input_ids
+                special = set(tok.all_special_ids)
+                end = next((k for k, i in enumerate(tail) if i in special), None)
+                if end is not None:
+                    return list(tail[: end + 1])
+        return [tok.eos_token_id] if tok.eos_token_id is not None else []
+
+    def encode(
+        self,
+        prompts: list,
+        responses: list,
+        *,
+        strict: bool,
+        responses_name: str = "responses",
+        ended: list[bool] | None = None,
+    ) -> list[EncodedPair | None]:
+        """Encode pairs (a prompt repeated across a GRPO group is tokenized once). `ended[i]` appends the verifier's
+        end-of-turn token(s) to response i. A malformed pair raises (`strict`) or becomes `None` with a warning."""
+        contexts: dict[Any, list[int]] = {}
+        ends: dict[bool, list[int]] = {}
+        out: list[EncodedPair | None] = []
+        for i, (prompt, response) in enumerate(zip(prompts, responses)):
+            try:
+                key = prompt if isinstance(prompt, str) else repr(prompt)
+                if key not in contexts:
+                    contexts[key] = self.context_ids(prompt, f"prompts[{i}]")
+                text = response_text(response, f"{responses_name}[{i}]")
+                ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
+                chat = not isinstance(prompt, str)
+                end = ends.setdefault(chat, self.end_of_turn_ids(chat)) if ended and ended[i] and ids else []
+                pair = self.fit(contexts[key], ids + end, text=text, text_ids=tuple(ids))
+            except (TypeError, ValueError) as err:
+                if strict:
+                    raise
+                logger.warning("Scoring completion %d as None: %s", i, err)
+                pair = None
+            out.append(pair)
+        return out
+
+    def fit(self, context: list[int], response: list[int], **text: Any) -> EncodedPair:
         """Cut a pair to `max_length`: drop context tokens from the left; if the response alone does not fit, keep
-        one context token and the first `max_length - 1` response tokens (the tail is not scored)."""
+        one context token and the first `max_length - 1` response tokens (the tail is not scored). `text` carries
+        the response text and its tokens into the result."""
+        offset = 0
         if not context:  # no BOS/EOS to start from: the first response token becomes the context, unscored
-            context, response = response[:1], response[1:]
+            context, response, offset = response[:1], response[1:], 1
+        text["offset"] = offset
         limit = self.max_length
         if len(context) + len(response) <= limit:
-            return EncodedPair(context, response)
+            return EncodedPair(context, response, **text)
         if not self._warned_truncation:
             logger.warning(
                 "A pair has %d tokens, more than the verifier's max_length=%d: the context is cut from the left "
@@ -154,8 +217,8 @@ class PairEncoder:
             )
             self._warned_truncation = True
         if len(response) >= limit:
-            return EncodedPair(context[-1:], response[: limit - 1], truncated=True)
-        return EncodedPair(context[len(context) + len(response) - limit :], response, truncated=True)
+            return EncodedPair(context[-1:], response[: limit - 1], truncated=True, **text)
+        return EncodedPair(context[len(context) + len(response) - limit :], response, truncated=True, **text)
 
 
 def token_strings(tokenizer: Any, ids: list[int], window: int = 8) -> list[str]:

@@ -15,13 +15,13 @@ import torch
 from .config import CMEConfig
 from .engine import ScoringEngine
 from .formatting import EncodedPair, PairEncoder, check_batch, token_strings
-from .loading import context_size, load_verifier
-from .reductions import reduce_logprobs
+from .loading import context_size, load_tokenizer, load_verifier
+from .scoring import pair_score, policy_values
 from .types import TokenScores
 from .verifier import VerifierSpec
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ class CrossModelEntropyReward:
         show_progress_bar (`bool`, *optional*): tqdm bar over scored tokens; `None` shows it when logging is at INFO.
         name (`str`, defaults to `"cross_model_entropy"`): the `__name__` TRL uses for log keys
             (`rewards/<name>/mean`).
+        policy_tokenizer (`str` or `PreTrainedTokenizerBase`, *optional*): the policy's tokenizer, needed in a
+            trainer only with `score_eos` (to tell completions that ended from clipped ones).
         **options:
             Any field of [`CMEConfig`] (`max_tokens_per_batch`, `max_length`, `reduction`, `empty_value`, engine
             knobs) or of [`VerifierSpec`] (`tokenizer`, `device`, `dtype`, `revision`, `trust_remote_code`,
@@ -91,6 +93,7 @@ class CrossModelEntropyReward:
         config: CMEConfig | None = None,
         show_progress_bar: bool | None = None,
         name: str | None = None,
+        policy_tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None = None,
         **options: Any,
     ):
         if name is not None:
@@ -104,18 +107,43 @@ class CrossModelEntropyReward:
         spec = verifier if isinstance(verifier, VerifierSpec) else VerifierSpec(verifier)
         self.spec = replace(spec, **spec_options) if spec_options else spec
         self.show_progress_bar = show_progress_bar
+        self.policy_tokenizer = policy_tokenizer
         self._load()
 
     def _load(self) -> None:
-        self.model, self.tokenizer = load_verifier(self.spec)
-        self.device = next(self.model.parameters()).device
-        self.dtype = self.model.dtype
-        self.max_length = self.config.max_length or context_size(self.model)
+        if self.spec.backend == "vllm":
+            self._connect()
+        else:
+            self.model, self.tokenizer = load_verifier(self.spec)
+            self.device, self.dtype = next(self.model.parameters()).device, self.model.dtype
+            self.max_length = self.config.max_length or context_size(self.model)
+            self.engine = ScoringEngine(self.model, self.config)
         self.encoder = PairEncoder(self.tokenizer, self.max_length)
-        self.engine = ScoringEngine(self.model, self.config)
         self._lock = threading.Lock()  # one engine, one forward at a time; scores do not depend on interleaving
         # cumulative cost: calls, pairs, response tokens scored, tokens run through the verifier body, seconds
         self.stats = {"calls": 0, "pairs": 0, "tokens_scored": 0, "tokens_forward": 0, "seconds": 0.0}
+
+    def _connect(self) -> None:
+        """backend="vllm": the verifier's tokenizer here, its forward passes on a running vLLM server."""
+        from .backends.vllm import VLLMBackend
+
+        if self.config.metric == "entropy":
+            raise ValueError(
+                "metric='entropy' needs the verifier's whole distribution at each position, which vLLM's "
+                "prompt_logprobs do not return; use backend='transformers' for it"
+            )
+        spec = self.spec.resolved()
+        source = os.fspath(spec.source)
+        tokenizer = spec.tokenizer if spec.tokenizer is not None else source
+        self.tokenizer = (
+            load_tokenizer(spec, os.fspath(tokenizer), gguf_file=spec.gguf_file, revision=spec.revision)
+            if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
+        )  # fmt: skip
+        self.model, self.device, self.dtype = None, None, None
+        self.engine = VLLMBackend(spec.base_url, model=spec.served_model, api_key=spec.api_key)
+        self.engine.check(self.tokenizer, expected_model=source)
+        served = self.engine.max_model_len - 1 if self.engine.max_model_len else 2048  # one slot for the sample
+        self.max_length = min(self.config.max_length or served, served)
 
     # ---- pickling: rebuild the verifier from its source --------------------------------------------------------
 
@@ -126,17 +154,23 @@ class CrossModelEntropyReward:
         elif spec.tokenizer is not None and not isinstance(spec.tokenizer, (str, os.PathLike)):
             spec = replace(spec, tokenizer=None)  # a tokenizer object is reloaded from the verifier's source
         return {"name": self.__dict__.get("__name__"), "config": self.config, "spec": spec,
-                "show_progress_bar": self.show_progress_bar}  # fmt: skip
+                "show_progress_bar": self.show_progress_bar, "policy_tokenizer": self.policy_tokenizer}  # fmt: skip
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         if state["name"] is not None:
             self.__name__ = state["name"]
         self.config, self.spec, self.show_progress_bar = state["config"], state["spec"], state["show_progress_bar"]
+        self.policy_tokenizer = state.get("policy_tokenizer")
         self._load()
 
     def __repr__(self) -> str:
         source = type(self.model).__name__ if self.spec.is_object else os.fspath(self.spec.source)
-        return f"{type(self).__name__}({source!r}, device={self.device}, dtype={self.dtype}, name={self.__name__!r})"
+        where = (
+            f"base_url={self.spec.base_url!r}"
+            if self.spec.backend == "vllm"
+            else f"device={self.device}, dtype={self.dtype}"
+        )
+        return f"{type(self).__name__}({source!r}, {where}, name={self.__name__!r})"
 
     # ---- scoring ------------------------------------------------------------------------------------------------
 
@@ -145,20 +179,23 @@ class CrossModelEntropyReward:
         prompts: list[Prompt],
         responses: list[str | list[dict[str, Any]]],
         *,
+        ended: list[bool] | None = None,
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
     ) -> list[float | None]:
-        """Score each response given its prompt; returns one float per pair (`empty_value` for an empty response).
+        """Score each response given its prompt; returns one float per pair (`empty_value` for an empty response,
+        `missing_span_value` when `score_span` finds no span).
 
         Args:
             prompts (`list[str]` or `list[list[dict]]`): plain prompts, or chat messages.
             responses (`list[str]` or `list[list[dict]]`): plain responses, or one assistant message each.
+            ended (`list[bool]`, *optional*): with `score_eos`, which responses ended (`None`: all of them).
             batch_size (`int`, *optional*): at most this many pairs per forward pass (the token budget still applies).
             show_progress_bar (`bool`, *optional*): overrides the instance setting.
 
         Raises:
             `TypeError` / `ValueError` naming the argument and index of a malformed input;
-            `FloatingPointError` if the verifier yields non-finite log-probs (e.g. float16 overflow).
+            `FloatingPointError` if the verifier yields non-finite values (e.g. float16 overflow).
 
         Example:
 
@@ -167,24 +204,65 @@ class CrossModelEntropyReward:
         [-0.61...]
         ```
         """
-        prompts, responses = check_batch(prompts, responses)
-        encoded = self._encode(prompts, responses, strict=True)
-        results = self._run(encoded, batch_size=batch_size, show_progress_bar=show_progress_bar, strict=True)
-        return [r[2] for r in results]  # type: ignore[index]
+        results = self._scored(prompts, responses, ended, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        return [r[3] for r in results]  # type: ignore[index]
 
     def score_tokens(
         self,
         prompts: list[Prompt],
         responses: list[str | list[dict[str, Any]]],
         *,
+        ended: list[bool] | None = None,
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
     ) -> list[TokenScores]:
-        """Like [`score`], but returns every response token with its verifier log-prob ([`TokenScores`])."""
-        prompts, responses = check_batch(prompts, responses)
-        encoded = self._encode(prompts, responses, strict=True)
-        results = self._run(encoded, batch_size=batch_size, show_progress_bar=show_progress_bar, strict=True)
+        """Like [`score`], but returns every scored token with its log-prob and its value under the configured
+        metric ([`TokenScores`])."""
+        results = self._scored(prompts, responses, ended, batch_size=batch_size, show_progress_bar=show_progress_bar)
         return [self._token_scores(*r) for r in results]  # type: ignore[misc]
+
+    def score_dense(
+        self,
+        prompts: list[Prompt],
+        completions: list[str | list[dict[str, Any]]],
+        completion_ids: list[list[int]],
+        policy_tokenizer: PreTrainedTokenizerBase,
+        **kwargs: Any,
+    ) -> list[list[float] | None]:
+        """Dense per-token rewards: for each completion, one value per *policy* token of `completion_ids[i]`.
+
+        The verifier's per-token values (the configured `metric`) are mapped onto the policy's tokens by UTF-8 byte
+        offsets into the completion text (`alignment="bytes"`: each verifier token's value is spread over its bytes,
+        each policy token gets the sum over its bytes, so the sums match; special tokens that cover no text get 0,
+        except an ended completion's end-of-turn token, which takes the verifier's end-of-turn value with
+        `score_eos`). With the verifier's own tokenizer as the policy's, the values equal [`score_tokens`]. An
+        unscorable completion (malformed, non-finite) gets `None`. `score_span` applies to scalar scores only.
+
+        Args:
+            prompts, completions: as TRL passes them (text or messages).
+            completion_ids (`list[list[int]]`): the policy's token ids of each completion (TRL's `completion_ids`).
+            policy_tokenizer (`PreTrainedTokenizerBase`): the policy's tokenizer.
+            **kwargs: dataset columns (for `verifier_prompt_column`); others are ignored.
+
+        Example:
+
+        ```python
+        >>> dense = reward.score_dense(prompts, completions, completion_ids, policy_tokenizer)
+        >>> [len(d) for d in dense] == [len(c) for c in completion_ids]
+        True
+        ```
+        """
+        prompts = self._verifier_prompts(prompts, kwargs)
+        prompts, completions = check_batch(prompts, completions, responses_name="completions")
+        if len(completion_ids) != len(completions):
+            raise ValueError(f"completion_ids has {len(completion_ids)} entries for {len(completions)} completions")
+        ended = self._ended(completion_ids, policy_tokenizer)
+        results = self._scored(prompts, completions, ended, strict=False)
+        return [
+            None if r is None
+            else policy_values(r[1], r[0], completion_ids[i], policy_tokenizer, self.tokenizer, self.config.alignment)
+            for i, r in enumerate(results)
+        ]  # fmt: skip
 
     def __call__(
         self,
@@ -195,51 +273,69 @@ class CrossModelEntropyReward:
     ) -> list[float | None]:
         """TRL reward-function entry point: `reward_funcs=[reward]` in `GRPOTrainer`, `RLOOTrainer`, ...
 
-        `completion_ids` (policy tokenizer) and unknown keyword arguments (dataset columns, `trainer_state`, ...)
-        are ignored. Inside a trainer nothing raises for a single odd completion: a pair that cannot be scored, or
-        whose log-probs are not finite, gets `None` (NaN in TRL, ignored by `nansum`) and a warning. Verifier cost is
-        reported through TRL's `log_metric` when the trainer passes it.
+        Unknown keyword arguments (dataset columns, `trainer_state`, ...) are ignored, but for the column named by
+        `verifier_prompt_column`. Inside a trainer nothing raises for a single odd completion: a pair that cannot be
+        scored, or whose values are not finite, gets `None` (NaN in TRL, ignored by `nansum`) and a warning.
+        Verifier cost goes to TRL's `log_metric` and, per completion, the number of verifier tokens and the least
+        likely one to `log_extra` (the completions table), when the trainer passes them.
+
+        With `score_eos`, a completion has *ended* when the last of its `completion_ids` (TRL's ids end at and
+        include the first EOS) is a special token of the policy tokenizer (`policy_tokenizer=` of the reward; the
+        `DenseGRPOTrainer` sets it); a completion clipped at `max_completion_length` ends on an ordinary token.
         """
         if prompts is None or completions is None:
             raise TypeError("the reward needs `prompts` and `completions` (TRL passes both as keyword arguments)")
+        prompts = self._verifier_prompts(prompts, kwargs)
         prompts, completions = check_batch(prompts, completions, responses_name="completions")
         start = time.perf_counter()
-        encoded = self._encode(prompts, completions, strict=False, responses_name="completions")
-        results = self._run(encoded, strict=False)
-        log_metric = kwargs.get("log_metric")
+        ended = self._ended(completion_ids, self.policy_tokenizer) if self.config.score_eos else None
+        results = self._scored(prompts, completions, ended, strict=False)
+        log_metric, log_extra = kwargs.get("log_metric"), kwargs.get("log_extra")
         if callable(log_metric):
-            seconds = time.perf_counter() - start
-            tokens = sum(len(r[1]) for r in results if r is not None)
-            log_metric(f"{self.__name__}/verifier_seconds", seconds)
-            log_metric(f"{self.__name__}/verifier_tokens", float(tokens))
-        return [None if r is None else r[2] for r in results]
+            log_metric(f"{self.__name__}/verifier_seconds", time.perf_counter() - start)
+            log_metric(f"{self.__name__}/verifier_tokens", float(sum(len(r[1]) for r in results if r is not None)))
+        if callable(log_extra):
+            log_extra(f"{self.__name__}/verifier_tokens", [0 if r is None else len(r[1]) for r in results])
+            log_extra(f"{self.__name__}/least_likely_token", [self._least_likely(r) for r in results])
+        return [None if r is None else r[3] for r in results]
 
     # ---- internals ----------------------------------------------------------------------------------------------
 
-    def _encode(
-        self, prompts: list, responses: list, *, strict: bool, responses_name: str = "responses"
-    ) -> list[EncodedPair | None]:
-        contexts: dict[Any, list[int]] = {}
-        out: list[EncodedPair | None] = []
-        for i, (prompt, response) in enumerate(zip(prompts, responses)):
-            try:
-                key = prompt if isinstance(prompt, str) else repr(prompt)
-                if key not in contexts:
-                    contexts[key] = self.encoder.context_ids(prompt, f"prompts[{i}]")
-                pair = self.encoder.fit(contexts[key], self.encoder.response_ids(response, f"{responses_name}[{i}]"))
-            except (TypeError, ValueError) as err:
-                if strict:
-                    raise
-                logger.warning("Scoring completion %d as None: %s", i, err)
-                pair = None
-            out.append(pair)
-        return out
+    def _verifier_prompts(self, prompts: Any, kwargs: dict[str, Any]) -> Any:
+        column = self.config.verifier_prompt_column
+        if column is None:
+            return prompts
+        if column not in kwargs:
+            given = sorted(k for k in kwargs if k not in ("trainer_state", "log_metric", "log_extra"))
+            raise ValueError(
+                f"verifier_prompt_column={column!r}: the trainer passed no such column (columns: {given})"
+            )
+        return kwargs[column]
 
-    def _run(self, encoded, *, batch_size=None, show_progress_bar=None, strict: bool) -> list[tuple | None]:
-        """Engine pass over encoded pairs -> `(pair, logprobs, score)` per pair; `None` where a pair is unscorable
-        (malformed input or non-finite log-probs, only when `strict=False`)."""
+    def _ended(self, completion_ids: list[list[int]] | None, policy_tokenizer: Any) -> list[bool] | None:
+        """Which completions ended (their last policy token is special), for `score_eos`; `None` when off."""
+        if not self.config.score_eos:
+            return None
+        if completion_ids is None or policy_tokenizer is None:
+            raise ValueError(
+                "score_eos=True in a trainer needs completion_ids and the policy tokenizer to tell completions that "
+                "ended from clipped ones: pass policy_tokenizer= to the reward (DenseGRPOTrainer sets it)"
+            )
+        if isinstance(policy_tokenizer, (str, os.PathLike)):
+            policy_tokenizer = self.policy_tokenizer = load_tokenizer(self.spec, os.fspath(policy_tokenizer))
+        special = set(policy_tokenizer.all_special_ids)
+        return [bool(ids) and ids[-1] in special for ids in completion_ids]
+
+    def _scored(self, prompts, responses, ended, *, strict=True, batch_size=None, show_progress_bar=None) -> list:
+        """Encode, run the verifier, reduce -> `(pair, values, logprobs, score)` per pair; `None` where a pair is
+        unscorable (malformed input or non-finite values, only when `strict=False`)."""
         from tqdm.auto import tqdm
 
+        prompts, responses = check_batch(prompts, responses, responses_name="responses" if strict else "completions")
+        if self.config.score_eos and ended is None:
+            ended = [True] * len(responses)
+        encoded = self.encoder.encode(prompts, responses, strict=strict, ended=ended,
+                                      responses_name="responses" if strict else "completions")  # fmt: skip
         todo = [i for i, p in enumerate(encoded) if p is not None and p.response_ids]
         show = self.show_progress_bar if show_progress_bar is None else show_progress_bar
         if show is None:
@@ -248,31 +344,38 @@ class CrossModelEntropyReward:
         start = time.perf_counter()
         with self._lock, tqdm(total=total, unit="tok", desc="CME", disable=not show or not todo) as bar:
             pairs = [(encoded[i].context_ids, encoded[i].response_ids) for i in todo]
-            logprobs = self.engine.score(pairs, max_rows=batch_size, progress=bar.update)
+            limit = {"max_rows": batch_size} if batch_size is not None else {}
+            outputs = self.engine.score(pairs, progress=bar.update, **limit)
             self.stats["calls"] += 1
             self.stats["pairs"] += len(encoded)
             self.stats["tokens_scored"] += total
             self.stats["seconds"] += time.perf_counter() - start
             self.stats["tokens_forward"] = self.engine.stats.tokens_forward  # cumulative, like the others
-        by_index = dict(zip(todo, logprobs))
+        by_index = dict(zip(todo, outputs))
         results: list[tuple | None] = []
         for i, pair in enumerate(encoded):
             if pair is None:
                 results.append(None)
                 continue
-            lp = by_index.get(i, torch.empty(0))
-            if not bool(torch.isfinite(lp).all()):
-                message = f"the verifier produced non-finite log-probs for pair {i} (dtype {self.dtype})"
+            out = by_index.get(i, torch.empty(0))
+            logprobs, values = (out[:, 0], out[:, 1]) if out.dim() == 2 else (out, out)
+            if not bool(torch.isfinite(out).all()):
+                message = f"the verifier produced non-finite values for pair {i} (dtype {self.dtype})"
                 if strict:
                     raise FloatingPointError(message + "; try dtype='float32'")
                 logger.warning("%s; scoring it as None", message)
                 results.append(None)
                 continue
-            score = reduce_logprobs(lp, self.config.reduction) if lp.numel() else self.config.empty_value
-            results.append((pair, lp, score))
+            results.append((pair, values, logprobs, pair_score(values, pair, self.config, self.tokenizer)))
         return results
 
-    def _token_scores(self, pair: EncodedPair, lp: torch.Tensor, score: float | None) -> TokenScores:
+    def _least_likely(self, result: tuple | None) -> str:
+        if result is None or not len(result[2]):
+            return ""
+        k = int(result[2].argmin())
+        return f"{self.tokenizer.decode([result[0].response_ids[k]])!r} ({result[2][k].item():.2f})"
+
+    def _token_scores(self, pair: EncodedPair, values, logprobs, score: float | None) -> TokenScores:
         ids = list(pair.response_ids)
-        return TokenScores(ids, token_strings(self.tokenizer, ids), lp.tolist(), score, len(pair.context_ids),
-                           pair.truncated)  # fmt: skip
+        return TokenScores(ids, token_strings(self.tokenizer, ids), logprobs.tolist(), score, len(pair.context_ids),
+                           pair.truncated, metric=self.config.metric, values=values.tolist())  # fmt: skip

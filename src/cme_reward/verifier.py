@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import socket
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VERIFIER_ALIASES", "VerifierSpec", "check_hub_source"]
+__all__ = ["BACKENDS", "VERIFIER_ALIASES", "VerifierSpec", "check_hub_source"]
 
 # Short names of verifiers shipped by registry packages (no hub needed) -> asset kind (see cme_reward.tools.assets).
 VERIFIER_ALIASES: dict[str, str] = {
@@ -29,6 +29,7 @@ VERIFIER_ALIASES: dict[str, str] = {
     "gemma3-270m": "gemma3-270m",
     "gemma-3-270m": "gemma3-270m",
 }
+BACKENDS = ("transformers", "vllm")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -60,6 +61,15 @@ class VerifierSpec:
             More keyword arguments for `AutoModelForCausalLM.from_pretrained`.
         tokenizer_kwargs (`dict`, *optional*):
             More keyword arguments for `AutoTokenizer.from_pretrained`.
+        backend (`str`, defaults to `"transformers"`):
+            Where the verifier runs: `"transformers"` (in this process) or `"vllm"` (a running `vllm serve` at
+            `base_url`; only the tokenizer is loaded here, `metric="entropy"` is not available).
+        base_url (`str`, *optional*):
+            The vLLM server, `http://host:port` (backend `"vllm"` only).
+        served_model (`str`, *optional*):
+            The served model id to use on the vLLM server; `None`: the one whose id (or root) is `source`.
+        api_key (`str`, *optional*):
+            Bearer token of the vLLM server (`vllm serve --api-key`); never recorded or printed.
 
     Example:
 
@@ -80,8 +90,16 @@ class VerifierSpec:
     gguf_file: str | None = None
     model_kwargs: dict[str, Any] | None = None
     tokenizer_kwargs: dict[str, Any] | None = None
+    backend: str = "transformers"
+    base_url: str | None = None
+    served_model: str | None = None
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if (self.backend == "vllm") != (self.base_url is not None):
+            raise ValueError("backend='vllm' needs base_url='http://host:port' (and base_url needs backend='vllm')")
         if not isinstance(self.trust_remote_code, bool):
             raise ValueError(f"`trust_remote_code` must be a bool, got {self.trust_remote_code!r}")
         for name in ("model_kwargs", "tokenizer_kwargs"):
@@ -120,7 +138,9 @@ class VerifierSpec:
         out = {}
         for name in self.field_names():
             value = getattr(self, name)
-            if value is None or isinstance(value, (bool, int, float, str)):
+            if name == "api_key":
+                out[name] = None if value is None else "***"
+            elif value is None or isinstance(value, (bool, int, float, str)):
                 out[name] = value
             elif isinstance(value, os.PathLike):
                 out[name] = os.fspath(value)

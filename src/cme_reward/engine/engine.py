@@ -109,7 +109,8 @@ class ScoringEngine:
         max_rows: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[torch.Tensor]:
-        """Per-token log-probs, one float32 CPU tensor of shape (len(response),) per pair, in input order.
+        """Per-token log-probs, one float32 CPU tensor of shape (len(response),) per pair, in input order; with
+        `metric="entropy"` of shape (len(response), 2): the log-prob and the negated predictive entropy.
 
         Args:
             pairs: `(context_ids, response_ids)` token-id pairs; every context has at least one token.
@@ -186,11 +187,14 @@ class ScoringEngine:
         return self.parts.run(ids, mask, split=self.split_head, cache=cache, position_ids=position_ids)
 
     def _logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(N, H) hidden states (logits without a split head), (N,) targets -> (N,) float32 log-probs."""
+        """(N, H) hidden states (logits without a split head), (N,) targets -> (N,) float32 log-probs, or (N, 2) with
+        the negated predictive entropy too (`metric="entropy"`)."""
+        entropy = self.config.metric == "entropy"
         if self.head_vocab_block:
-            return blocked_token_logprobs(hidden, targets, self.parts.head.weight, vocab_block=self.head_vocab_block)
+            weight = self.parts.head.weight
+            return blocked_token_logprobs(hidden, targets, weight, vocab_block=self.head_vocab_block, entropy=entropy)
         project = self.parts.project if self.split_head else (lambda x: x)
-        return token_logprobs(hidden, targets, project, self.head_chunk)
+        return token_logprobs(hidden, targets, project, self.head_chunk, entropy=entropy)
 
     def _right_padded(self, seqs: list[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token lists -> (B, T) ids and attention mask on the device, right-padded to the longest. The pad id is
