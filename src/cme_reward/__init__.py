@@ -1,9 +1,19 @@
 """Cross-Model Entropy (CME): a label-free reward scored by a frozen verifier language model."""
 
+from typing import Any
+
 from .config import CMEConfig
 from .reward import CrossModelEntropyReward
 from .types import TokenScores
 from .verifier import VerifierSpec
 
-__all__ = ["CMEConfig", "CrossModelEntropyReward", "TokenScores", "VerifierSpec"]
+__all__ = ["CMEConfig", "CrossModelEntropyReward", "DenseGRPOConfig", "DenseGRPOTrainer", "TokenScores", "VerifierSpec"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:  # the trainer imports TRL's trainers: load it only when asked for
+    if name in ("DenseGRPOTrainer", "DenseGRPOConfig"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'cme_reward' has no attribute {name!r}")

@@ -15,7 +15,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import REDUCTIONS, CMEConfig
+from ..config import METRICS, REDUCTIONS, CMEConfig
 from ..verifier import VerifierSpec
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,26 @@ VERIFIER_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
 CONFIG_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--batch-tokens": ("max_tokens_per_batch", {"help": "padded tokens per forward pass"}),
     "--max-length": ("max_length", {"help": "longest context + response in verifier tokens"}),
-    "--reduction": ("reduction", {"choices": REDUCTIONS, "help": "how token log-probs become one score"}),
+    "--metric": ("metric", {"choices": METRICS, "help": "per-token value: log-prob, or negated predictive entropy"}),
+    "--reduction": ("reduction", {"choices": REDUCTIONS, "help": "how per-token values become one score"}),
+    "--quantile": ("quantile", {"type": float, "help": "the quantile of --reduction quantile"}),
+    "--score-span": (
+        "score_span",
+        {"type": str, "help": "score only 'boxed' (the last \\boxed{...}) or a regex's last match"},
+    ),
+    "--span-weight": ("span_weight", {"type": float, "help": "weight of the span score against the whole response"}),
+    "--missing-span-value": (
+        "missing_span_value",
+        {"type": float, "help": "score when no span is found (default null)"},
+    ),
+    "--score-eos": (
+        "score_eos",
+        {
+            "action": "store_true",
+            "default": None,
+            "help": "also score the verifier's end-of-turn token after each response",
+        },
+    ),  # fmt: skip
 }
 
 SCORE_EPILOG = """\
@@ -72,14 +91,16 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _config_type(name: str):
-    """argparse type of a `CMEConfig` int field: parse, then the config's own check."""
+def _checked(name: str, convert: type):
+    """argparse type of a `CMEConfig` field: convert, then the config's own check."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if convert is int else 'a number'}, got {text!r}"
+            ) from None
         allowed = CMEConfig.problem(name, value)
         if allowed:
             raise argparse.ArgumentTypeError(f"expected {allowed}, got {value}")
@@ -95,8 +116,10 @@ def _field_default(cls, name: str) -> Any:
 def _add_flags(group, table: dict[str, tuple[str, dict[str, Any]]], cls) -> None:
     for flag, (name, options) in table.items():
         options = {"dest": name, "default": None, **options}
-        if cls is CMEConfig and "choices" not in options:
-            options.update(type=_config_type(name), metavar="N")
+        if cls is CMEConfig and "type" in options:
+            options["type"] = _checked(name, options["type"])
+        elif cls is CMEConfig and "choices" not in options and "action" not in options:
+            options.update(type=_checked(name, int), metavar="N")
         default = _field_default(cls, name)
         if default not in (None, False):
             options["help"] = f"{options.get('help', '')} (default {default})".strip()
@@ -104,7 +127,7 @@ def _add_flags(group, table: dict[str, tuple[str, dict[str, Any]]], cls) -> None
 
 
 def _add_verifier_args(parser: argparse.ArgumentParser, *, default: str | None = None, scoring: bool = True) -> None:
-    group = parser.add_argument_group("verifier")
+    group = parser.add_argument_group("verifier and scoring")
     group.add_argument(
         "--verifier",
         required=default is None,

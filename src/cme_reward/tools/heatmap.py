@@ -87,9 +87,12 @@ def _token_html(token: str, logprob: float, token_id: int | None, *, vmin: float
         else html.escape(ch, quote=False)
         for ch in token
     )
-    body = body or '<span class="ws">\u2205</span>'  # a token that decodes to nothing on its own
+    # a byte-level token carrying only part of a multi-byte character (CJK, Arabic, emoji): the character is shown on
+    # the token that completes it; this one gets a thin mark and says so
+    body = body or '<span class="ws">\u00b7</span>'
     prob = math.exp(logprob) if math.isfinite(logprob) else 0.0
-    tip = f"logprob {format_number(logprob)}  p={prob:.4g}  token {token!r}"
+    what = f"token {token!r}" if token else "part of a character completed by a following token"
+    tip = f"logprob {format_number(logprob)}  p={prob:.4g}  {what}"
     if token_id is not None:
         tip += f"  id {token_id}"
     return (
@@ -182,7 +185,8 @@ def render_heatmap(
         f"<body>\n<h1>{esc_title}</h1>\n"
         f'<div class="meta">{len(scored)} responses &middot; {n_tokens} tokens &middot; '
         f"mean CME {format_number(mean, 4)} "
-        "&middot; sorted best first &middot; hover a token for its log-probability</div>\n"
+        "&middot; sorted best first &middot; hover a token for its log-probability &middot; a character split over "
+        "several byte tokens shows on the token that completes it (\u00b7 marks the others)</div>\n"
         f'<div class="legend"><span>log p &le; {format_number(vmin, 1)} (unlikely)</span><span class="bar"></span>'
         "<span>0 (likely)</span></div>\n"
         f"{cards}\n</body>\n</html>\n"
