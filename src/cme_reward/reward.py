@@ -256,8 +256,10 @@ class CrossModelEntropyReward:
         prompts, completions = check_batch(prompts, completions, responses_name="completions")
         if len(completion_ids) != len(completions):
             raise ValueError(f"completion_ids has {len(completion_ids)} entries for {len(completions)} completions")
+        start = time.perf_counter()
         ended = self._ended(completion_ids, policy_tokenizer)
         results = self._scored(prompts, completions, ended, strict=False)
+        self._log(results, start, kwargs)
         return [
             None if r is None
             else policy_values(r[1], r[0], completion_ids[i], policy_tokenizer, self.tokenizer, self.config.alignment)
@@ -290,13 +292,7 @@ class CrossModelEntropyReward:
         start = time.perf_counter()
         ended = self._ended(completion_ids, self.policy_tokenizer) if self.config.score_eos else None
         results = self._scored(prompts, completions, ended, strict=False)
-        log_metric, log_extra = kwargs.get("log_metric"), kwargs.get("log_extra")
-        if callable(log_metric):
-            log_metric(f"{self.__name__}/verifier_seconds", time.perf_counter() - start)
-            log_metric(f"{self.__name__}/verifier_tokens", float(sum(len(r[1]) for r in results if r is not None)))
-        if callable(log_extra):
-            log_extra(f"{self.__name__}/verifier_tokens", [0 if r is None else len(r[1]) for r in results])
-            log_extra(f"{self.__name__}/least_likely_token", [self._least_likely(r) for r in results])
+        self._log(results, start, kwargs)
         return [None if r is None else r[3] for r in results]
 
     # ---- internals ----------------------------------------------------------------------------------------------
@@ -368,6 +364,16 @@ class CrossModelEntropyReward:
                 continue
             results.append((pair, values, logprobs, pair_score(values, pair, self.config, self.tokenizer)))
         return results
+
+    def _log(self, results: list, start: float, kwargs: dict[str, Any]) -> None:
+        """The verifier's cost to TRL's `log_metric`, per-completion details to its `log_extra`, when passed."""
+        log_metric, log_extra = kwargs.get("log_metric"), kwargs.get("log_extra")
+        if callable(log_metric):
+            log_metric(f"{self.__name__}/verifier_seconds", time.perf_counter() - start)
+            log_metric(f"{self.__name__}/verifier_tokens", float(sum(len(r[1]) for r in results if r is not None)))
+        if callable(log_extra):
+            log_extra(f"{self.__name__}/verifier_tokens", [0 if r is None else len(r[1]) for r in results])
+            log_extra(f"{self.__name__}/least_likely_token", [self._least_likely(r) for r in results])
 
     def _least_likely(self, result: tuple | None) -> str:
         if result is None or not len(result[2]):
