@@ -7,7 +7,14 @@ from .reward import CrossModelEntropyReward
 from .types import TokenScores
 from .verifier import VerifierSpec
 
-__all__ = ["CMEConfig", "CrossModelEntropyReward", "DenseGRPOConfig", "DenseGRPOTrainer", "TokenScores", "VerifierSpec"]
+__all__ = [
+    "CMEConfig",
+    "CrossModelEntropyReward",
+    "DenseGRPOConfig",
+    "DenseGRPOTrainer",
+    "TokenScores",
+    "VerifierSpec",
+]
 __version__ = "0.1.0"
 
 

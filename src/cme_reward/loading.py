@@ -134,7 +134,8 @@ def load_verifier(spec: VerifierSpec) -> tuple[PreTrainedModel, PreTrainedTokeni
                     f"{source} has no safetensors weights; pass use_safetensors=False if you trust its pickle weights"
                 ) from err
             raise
-        model = model.to(device)
+        if getattr(model, "hf_device_map", None) is None:  # a device_map hands placement to accelerate
+            model = model.to(device)
         if tokenizer is None:
             tokenizer = load_tokenizer(spec, source, gguf_file=gguf_file, revision=spec.revision)
         elif isinstance(tokenizer, (str, os.PathLike)):

@@ -5,18 +5,15 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import threading
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from .config import CMEConfig
-from .engine import ScoringEngine
-from .formatting import EncodedPair, PairEncoder, check_batch, token_strings
-from .loading import context_size, load_tokenizer, load_verifier
-from .scoring import pair_score, policy_values
+from .formatting import check_batch, token_strings
+from .loading import load_tokenizer
+from .pipeline import Scored, ScoringPipeline
+from .scoring import policy_values
 from .types import TokenScores
 from .verifier import VerifierSpec
 
@@ -111,39 +108,17 @@ class CrossModelEntropyReward:
         self._load()
 
     def _load(self) -> None:
-        if self.spec.backend == "vllm":
-            self._connect()
-        else:
-            self.model, self.tokenizer = load_verifier(self.spec)
-            self.device, self.dtype = next(self.model.parameters()).device, self.model.dtype
-            self.max_length = self.config.max_length or context_size(self.model)
-            self.engine = ScoringEngine(self.model, self.config)
-        self.encoder = PairEncoder(self.tokenizer, self.max_length)
-        self._lock = threading.Lock()  # one engine, one forward at a time; scores do not depend on interleaving
-        # cumulative cost: calls, pairs, response tokens scored, tokens run through the verifier body, seconds
-        self.stats = {"calls": 0, "pairs": 0, "tokens_scored": 0, "tokens_forward": 0, "seconds": 0.0}
+        self.pipeline = ScoringPipeline(self.spec, self.config)
 
-    def _connect(self) -> None:
-        """backend="vllm": the verifier's tokenizer here, its forward passes on a running vLLM server."""
-        from .backends.vllm import VLLMBackend
-
-        if self.config.metric == "entropy":
-            raise ValueError(
-                "metric='entropy' needs the verifier's whole distribution at each position, which vLLM's "
-                "prompt_logprobs do not return; use backend='transformers' for it"
-            )
-        spec = self.spec.resolved()
-        source = os.fspath(spec.source)
-        tokenizer = spec.tokenizer if spec.tokenizer is not None else source
-        self.tokenizer = (
-            load_tokenizer(spec, os.fspath(tokenizer), gguf_file=spec.gguf_file, revision=spec.revision)
-            if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
-        )  # fmt: skip
-        self.model, self.device, self.dtype = None, None, None
-        self.engine = VLLMBackend(spec.base_url, model=spec.served_model, api_key=spec.api_key)
-        self.engine.check(self.tokenizer, expected_model=source)
-        served = self.engine.max_model_len - 1 if self.engine.max_model_len else 2048  # one slot for the sample
-        self.max_length = min(self.config.max_length or served, served)
+    # the loaded verifier, as attributes of the reward
+    model = property(lambda self: self.pipeline.model)
+    tokenizer = property(lambda self: self.pipeline.tokenizer)
+    engine = property(lambda self: self.pipeline.engine)
+    encoder = property(lambda self: self.pipeline.encoder)
+    device = property(lambda self: self.pipeline.device)
+    dtype = property(lambda self: self.pipeline.dtype)
+    max_length = property(lambda self: self.pipeline.max_length)
+    stats = property(lambda self: self.pipeline.stats)
 
     # ---- pickling: rebuild the verifier from its source --------------------------------------------------------
 
@@ -204,8 +179,8 @@ class CrossModelEntropyReward:
         [-0.61...]
         ```
         """
-        results = self._scored(prompts, responses, ended, batch_size=batch_size, show_progress_bar=show_progress_bar)
-        return [r[3] for r in results]  # type: ignore[index]
+        results = self._run(prompts, responses, ended, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        return [r.score for r in results]
 
     def score_tokens(
         self,
@@ -218,8 +193,8 @@ class CrossModelEntropyReward:
     ) -> list[TokenScores]:
         """Like [`score`], but returns every scored token with its log-prob and its value under the configured
         metric ([`TokenScores`])."""
-        results = self._scored(prompts, responses, ended, batch_size=batch_size, show_progress_bar=show_progress_bar)
-        return [self._token_scores(*r) for r in results]  # type: ignore[misc]
+        results = self._run(prompts, responses, ended, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        return [self._token_scores(r) for r in results]
 
     def score_dense(
         self,
@@ -258,13 +233,11 @@ class CrossModelEntropyReward:
             raise ValueError(f"completion_ids has {len(completion_ids)} entries for {len(completions)} completions")
         start = time.perf_counter()
         ended = self._ended(completion_ids, policy_tokenizer)
-        results = self._scored(prompts, completions, ended, strict=False)
+        results = self._run(prompts, completions, ended, strict=False)
         self._log(results, start, kwargs)
-        return [
-            None if r is None
-            else policy_values(r[1], r[0], completion_ids[i], policy_tokenizer, self.tokenizer, self.config.alignment)
-            for i, r in enumerate(results)
-        ]  # fmt: skip
+        align = self.config.alignment
+        return [None if r is None else policy_values(r.values, r.pair, ids, policy_tokenizer, self.tokenizer, align)
+                for r, ids in zip(results, completion_ids)]  # fmt: skip
 
     def __call__(
         self,
@@ -291,9 +264,9 @@ class CrossModelEntropyReward:
         prompts, completions = check_batch(prompts, completions, responses_name="completions")
         start = time.perf_counter()
         ended = self._ended(completion_ids, self.policy_tokenizer) if self.config.score_eos else None
-        results = self._scored(prompts, completions, ended, strict=False)
+        results = self._run(prompts, completions, ended, strict=False)
         self._log(results, start, kwargs)
-        return [None if r is None else r[3] for r in results]
+        return [None if r is None else r.score for r in results]
 
     # ---- internals ----------------------------------------------------------------------------------------------
 
@@ -322,66 +295,35 @@ class CrossModelEntropyReward:
         special = set(policy_tokenizer.all_special_ids)
         return [bool(ids) and ids[-1] in special for ids in completion_ids]
 
-    def _scored(self, prompts, responses, ended, *, strict=True, batch_size=None, show_progress_bar=None) -> list:
-        """Encode, run the verifier, reduce -> `(pair, values, logprobs, score)` per pair; `None` where a pair is
-        unscorable (malformed input or non-finite values, only when `strict=False`)."""
-        from tqdm.auto import tqdm
-
-        prompts, responses = check_batch(prompts, responses, responses_name="responses" if strict else "completions")
-        if self.config.score_eos and ended is None:
-            ended = [True] * len(responses)
-        encoded = self.encoder.encode(prompts, responses, strict=strict, ended=ended,
-                                      responses_name="responses" if strict else "completions")  # fmt: skip
-        todo = [i for i, p in enumerate(encoded) if p is not None and p.response_ids]
+    def _run(self, prompts, responses, ended, *, strict=True, batch_size=None, show_progress_bar=None) -> list:
         show = self.show_progress_bar if show_progress_bar is None else show_progress_bar
         if show is None:
             show = logger.getEffectiveLevel() <= logging.INFO
-        total = sum(len(encoded[i].response_ids) for i in todo)
-        start = time.perf_counter()
-        with self._lock, tqdm(total=total, unit="tok", desc="CME", disable=not show or not todo) as bar:
-            pairs = [(encoded[i].context_ids, encoded[i].response_ids) for i in todo]
-            limit = {"max_rows": batch_size} if batch_size is not None else {}
-            outputs = self.engine.score(pairs, progress=bar.update, **limit)
-            self.stats["calls"] += 1
-            self.stats["pairs"] += len(encoded)
-            self.stats["tokens_scored"] += total
-            self.stats["seconds"] += time.perf_counter() - start
-            self.stats["tokens_forward"] = self.engine.stats.tokens_forward  # cumulative, like the others
-        by_index = dict(zip(todo, outputs))
-        results: list[tuple | None] = []
-        for i, pair in enumerate(encoded):
-            if pair is None:
-                results.append(None)
-                continue
-            out = by_index.get(i, torch.empty(0))
-            logprobs, values = (out[:, 0], out[:, 1]) if out.dim() == 2 else (out, out)
-            if not bool(torch.isfinite(out).all()):
-                message = f"the verifier produced non-finite values for pair {i} (dtype {self.dtype})"
-                if strict:
-                    raise FloatingPointError(message + "; try dtype='float32'")
-                logger.warning("%s; scoring it as None", message)
-                results.append(None)
-                continue
-            results.append((pair, values, logprobs, pair_score(values, pair, self.config, self.tokenizer)))
-        return results
+        name = "responses" if strict else "completions"
+        prompts, responses = check_batch(prompts, responses, responses_name=name)
+        if self.config.score_eos and ended is None:
+            ended = [True] * len(responses)
+        return self.pipeline.run(prompts, responses, ended=ended, strict=strict, responses_name=name,
+                                 max_rows=batch_size, show_progress_bar=show)  # fmt: skip
 
     def _log(self, results: list, start: float, kwargs: dict[str, Any]) -> None:
         """The verifier's cost to TRL's `log_metric`, per-completion details to its `log_extra`, when passed."""
         log_metric, log_extra = kwargs.get("log_metric"), kwargs.get("log_extra")
         if callable(log_metric):
             log_metric(f"{self.__name__}/verifier_seconds", time.perf_counter() - start)
-            log_metric(f"{self.__name__}/verifier_tokens", float(sum(len(r[1]) for r in results if r is not None)))
+            log_metric(f"{self.__name__}/verifier_tokens", float(sum(len(r.values) for r in results if r is not None)))
         if callable(log_extra):
-            log_extra(f"{self.__name__}/verifier_tokens", [0 if r is None else len(r[1]) for r in results])
+            log_extra(f"{self.__name__}/verifier_tokens", [0 if r is None else len(r.values) for r in results])
             log_extra(f"{self.__name__}/least_likely_token", [self._least_likely(r) for r in results])
 
-    def _least_likely(self, result: tuple | None) -> str:
-        if result is None or not len(result[2]):
+    def _least_likely(self, result: Scored | None) -> str:
+        if result is None or not len(result.logprobs):
             return ""
-        k = int(result[2].argmin())
-        return f"{self.tokenizer.decode([result[0].response_ids[k]])!r} ({result[2][k].item():.2f})"
+        k = int(result.logprobs.argmin())
+        return f"{self.tokenizer.decode([result.pair.response_ids[k]])!r} ({result.logprobs[k].item():.2f})"
 
-    def _token_scores(self, pair: EncodedPair, values, logprobs, score: float | None) -> TokenScores:
-        ids = list(pair.response_ids)
-        return TokenScores(ids, token_strings(self.tokenizer, ids), logprobs.tolist(), score, len(pair.context_ids),
-                           pair.truncated, metric=self.config.metric, values=values.tolist())  # fmt: skip
+    def _token_scores(self, r: Scored) -> TokenScores:
+        ids = list(r.pair.response_ids)
+        return TokenScores(ids, token_strings(self.tokenizer, ids), r.logprobs.tolist(), r.score,
+                           len(r.pair.context_ids), r.pair.truncated, metric=self.config.metric,
+                           values=r.values.tolist())  # fmt: skip

@@ -74,8 +74,15 @@ class ScoringEngine:
         self.config = config = config or CMEConfig()
         self.parts = parts = ModelParts(model)
         self.device = parts.device
-        self.split_head = head_matches_model(parts)
-        if not self.split_head:
+        placed = set(getattr(model, "hf_device_map", None) or {None: None}.values())
+        # dispatched by accelerate over devices or offloaded: only module forwards see the weights, so the engine runs
+        # the model whole and never reads the head's weight itself
+        dispatched = len(placed) > 1 or "disk" in placed
+        self.split_head = not dispatched and head_matches_model(parts)
+        if dispatched:
+            logger.info("%s is dispatched over %s: scoring through the full model forward", type(model).__name__,
+                        sorted(map(str, placed)))  # fmt: skip
+        elif not self.split_head:
             logger.warning(
                 "%s does not produce logits as lm_head(hidden states); scoring through the full model forward "
                 "(correct, but (batch, seq, vocab) logits are materialized in the model dtype).",
