@@ -15,8 +15,9 @@ from tiny_models import CORPUS, build_tokenizer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from cme_reward import alignment
-from cme_reward.alignment import dense_values, token_byte_spans
+from cme_reward import token_spans
+from cme_reward.alignment import dense_values
+from cme_reward.token_spans import token_byte_spans
 
 FAST = settings(max_examples=150, deadline=None)
 TOKENIZED = settings(max_examples=60, deadline=None)  # tokenizer calls: fewer examples
@@ -332,11 +333,11 @@ def test_one_convert_call_per_sequence(verifier_tok):
 
 
 def test_fallbacks_warn_once(caplog, monkeypatch):
-    monkeypatch.setattr(alignment, "_WARNED", set())
+    monkeypatch.setattr(token_spans, "_WARNED", set())
     tok = build_wordpiece_tokenizer()
     text = "the quick fox, café"
     ids = tok(text, add_special_tokens=False).input_ids + [tok.eos_token_id]
-    with caplog.at_level(logging.WARNING, logger="cme_reward.alignment"):
+    with caplog.at_level(logging.WARNING, logger="cme_reward.token_spans"):
         # `##` pieces do not spell the text; ids are its tokenization: the tokenizer's offsets, in bytes
         spans = token_byte_spans(tok, ids, text)
         token_byte_spans(tok, ids, text)
@@ -351,12 +352,12 @@ def test_fallbacks_warn_once(caplog, monkeypatch):
     size = len(other.encode("utf-8"))
     assert spans[0][0] == 0 and spans[-1] == (size, size)
     assert all(a[1] == b[0] and a[0] <= a[1] for a, b in zip(spans, spans[1:]))
-    messages = [r.getMessage() for r in caplog.records if r.name == "cme_reward.alignment"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "cme_reward.token_spans"]
     assert len(messages) == 2 and "offset mapping" in messages[0] and "proportionally" in messages[1]
 
 
 def test_literal_metaspace_char_falls_back_to_offsets(sp_tok, monkeypatch):
-    monkeypatch.setattr(alignment, "_WARNED", set())
+    monkeypatch.setattr(token_spans, "_WARNED", set())
     text = "a\u2581b c"
     ids = sp_tok(text, add_special_tokens=False).input_ids
     spans = token_byte_spans(sp_tok, ids, text)
@@ -401,7 +402,7 @@ def test_long_text_finishes(verifier_tok, sp_tok):
 
 
 def test_special_token_text_left_in_the_text(verifier_tok, monkeypatch):
-    monkeypatch.setattr(alignment, "_WARNED", set())
+    monkeypatch.setattr(token_spans, "_WARNED", set())
     text = "hi<|im_end|>thé"  # decoded without skip_special_tokens: the special token's text is there
     ids = verifier_tok(text, add_special_tokens=False).input_ids
     assert verifier_tok.convert_tokens_to_ids("<|im_end|>") in ids

@@ -18,17 +18,8 @@ from datasets import Dataset
 from tiny_models import build_model, build_tokenizer, load_tokenizer, save_verifier
 from trl import GRPOConfig, GRPOTrainer
 
-from cme_reward.trainer import (
-    DENSE_LOSS_TYPES,
-    DenseGRPOConfig,
-    DenseGRPOTrainer,
-    check_dense_values,
-    dense_advantages,
-    is_dense_reward,
-    normalize_dense,
-    pad_dense,
-    scalar_advantages,
-)
+from cme_reward.advantages import check_dense_values, dense_advantages, normalize_dense, pad_dense, scalar_advantages
+from cme_reward.trainer import DENSE_LOSS_TYPES, DenseGRPOConfig, DenseGRPOTrainer, is_dense_reward
 
 # ---- test rewards (module-level, picklable) ---------------------------------------------------------------------
 

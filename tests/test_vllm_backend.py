@@ -20,7 +20,8 @@ pytest.importorskip("httpx")
 from fake_vllm import FakeVLLMServer  # noqa: E402
 from tiny_models import build_tokenizer  # noqa: E402
 
-from cme_reward.backends.vllm import VLLMBackend, VLLMRequestError, normalize_base_url  # noqa: E402
+from cme_reward.backends.http import normalize_base_url  # noqa: E402
+from cme_reward.backends.vllm import VLLMBackend, VLLMRequestError  # noqa: E402
 from cme_reward.reference import reference_token_logprobs  # noqa: E402
 
 PROMPTS = ["The quick brown fox", "Paris is the capital of", "def add(a, b):", "1 + 1 ="]
@@ -206,7 +207,7 @@ def test_retries_then_success(server, make_backend, failure, caplog):
     setattr(server, failure, 2)  # 503 twice, or two dropped connections
     pairs = text_pairs(server.tokenizer, 2, seed=6)
     backend = make_backend(max_retries=2)
-    with caplog.at_level(logging.WARNING, logger="cme_reward.backends.vllm"):
+    with caplog.at_level(logging.WARNING, logger="cme_reward.backends.http"):
         got = backend.score(pairs)
     assert len(completion_requests(server)) == 3 and backend.stats.retries == 2 and backend.stats.requests == 1
     assert "retry 2 of 2" in caplog.text

@@ -7,11 +7,12 @@ from typing import Any
 
 import torch
 
-from .alignment import dense_values, token_byte_spans
+from .alignment import dense_values
 from .config import CMEConfig
 from .formatting import EncodedPair
 from .reductions import reduce_values
 from .spans import char_to_byte_span, find_span, tokens_in_span
+from .token_spans import token_byte_spans
 
 __all__ = ["pair_score", "policy_values", "verifier_byte_spans"]
 

@@ -189,7 +189,7 @@ def tokens_in_span(token_byte_spans: list[tuple[int, int]], span_bytes: tuple[in
 
     Args:
         token_byte_spans (`list[tuple[int, int]]`): the byte span of each token (see
-            `cme_reward.alignment.token_byte_spans`).
+            `cme_reward.token_spans.token_byte_spans`).
         span_bytes (`tuple[int, int] | None`): the byte span to test against (see `char_to_byte_span`).
 
     Returns:

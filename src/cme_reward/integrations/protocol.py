@@ -212,40 +212,9 @@ def post_json(
     raise RewardServerError(f"no answer from {url} after {retries} tries: {last}")
 
 
-async def async_post_json(
-    url: str,
-    payload: dict,
-    *,
-    api_key: str | None = None,
-    timeout: float = 180.0,
-    retries: int = 5,
-    backoff: float = 1.0,
-) -> dict:
-    """Async [`post_json`]: `httpx.AsyncClient` when httpx is installed, else `post_json` in a worker thread."""
-    try:
-        import httpx
-    except ImportError:
-        return await asyncio.to_thread(
-            post_json, url, payload, api_key=api_key, timeout=timeout, retries=retries, backoff=backoff
-        )
-    headers = _headers(_api_key(api_key))
-    last: Exception | None = None
-    async with httpx.AsyncClient(timeout=timeout) as client:
-        for attempt in range(max(1, retries)):
-            if attempt:
-                await asyncio.sleep(backoff * 2 ** (attempt - 1))
-            try:
-                answer = await client.post(url, json=payload, headers=headers)
-            except httpx.TransportError as err:
-                last = err
-            else:
-                if answer.status_code < 400:
-                    return answer.json()
-                if answer.status_code not in RETRY_STATUS:
-                    raise _server_error(url, answer.status_code, answer.content)
-                last = RewardServerError(f"HTTP {answer.status_code}")
-            logger.info("POST %s failed (try %d of %d): %s", url, attempt + 1, retries, last)
-    raise RewardServerError(f"no answer from {url} after {retries} tries: {last}")
+async def async_post_json(url: str, payload: dict, **options: Any) -> dict:
+    """[`post_json`] (same options) in a worker thread, so an event loop (verl's reward loop) keeps running."""
+    return await asyncio.to_thread(post_json, url, payload, **options)
 
 
 def endpoint_url(base: str, path: str) -> str:

@@ -16,9 +16,8 @@ Endpoints (JSON in, JSON out):
         verifier chat template). A missing score becomes `missing_reward` (default -20.0, see
         `cme_reward.integrations.protocol`). Empty lists get empty lists.
 
-Micro-batching: concurrent requests are queued and scored together in one `reward.score` call, collected for at most
-`batch_wait_ms` after the oldest queued request arrived or until `max_batch_pairs` pairs (a single larger request is
-scored whole). One batch is scored at a time, in a worker thread, so the event loop keeps accepting requests.
+Micro-batching (`cme_reward.tools.batcher`): concurrent requests are scored together in one `reward.score` call,
+collected for at most `batch_wait_ms` or until `max_batch_pairs` pairs.
 
 Errors: every bad request gets a 4xx JSON `{"error": "..."}` naming the field: 400 body not JSON / not an object,
 401 missing or wrong bearer token, 413 body over `max_body_bytes` or more than `max_request_pairs` pairs, 422 fields
@@ -32,24 +31,22 @@ another address without a key.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import ipaddress
-import json
 import logging
 import math
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..integrations.protocol import DEFAULT_MISSING_REWARD, DEFAULT_STRIP_SUFFIXES, openrlhf_answer, split_query
+from .batcher import MicroBatcher
+from .request_parsing import RequestError, check_items, check_lengths, list_field, read_json
 
-__all__ = ["MicroBatcher", "create_app", "serve", "serve_in_thread"]
+__all__ = ["create_app", "serve", "serve_in_thread"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,211 +59,6 @@ def _require_serve() -> None:
         raise ImportError(
             f"the reward server needs Starlette and uvicorn ({err.name} is missing): pip install 'cme-reward[serve]'"
         ) from err
-
-
-class RequestError(Exception):
-    """A client error: answered with `status` and `{"error": message}`."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass
-class _Job:
-    prompts: list
-    responses: list
-    future: asyncio.Future
-    arrived: float = field(default_factory=time.monotonic)
-
-
-class MicroBatcher:
-    """Queue of scoring requests, scored together by one worker task; one `reward.score` call at a time.
-
-    Args:
-        reward (`CrossModelEntropyReward`): anything with a thread-safe `score(prompts, responses)`.
-        max_batch_pairs (`int`, *optional*, defaults to `256`): most pairs merged into one call.
-        batch_wait_ms (`float`, *optional*, defaults to `5.0`): longest wait after the oldest queued request.
-    """
-
-    def __init__(self, reward: Any, *, max_batch_pairs: int = 256, batch_wait_ms: float = 5.0):
-        self.reward = reward
-        self.max_batch_pairs = max_batch_pairs
-        self.batch_wait_s = batch_wait_ms / 1000.0
-        self.pairs_scored = 0
-        self.batches = 0
-        self._pending: deque[_Job] = deque()
-        self._pending_pairs = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
-        self._busy = False  # a batch is being scored
-
-    def _ensure_worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._task is None or self._task.done():
-            self._loop, self._wakeup = loop, asyncio.Event()
-            self._task = loop.create_task(self._work(), name="cme-micro-batcher")
-
-    async def score(self, prompts: list, responses: list) -> list[float | None]:
-        """Queue one request's pairs; returns their scores once its batch is scored."""
-        if not prompts:
-            return []
-        self._ensure_worker()
-        job = _Job(prompts, responses, asyncio.get_running_loop().create_future())
-        self._pending.append(job)
-        self._pending_pairs += len(prompts)
-        self._wakeup.set()
-        return await job.future
-
-    async def close(self) -> None:
-        """Stop the worker once the queue is empty (in-flight batches finish)."""
-        if self._task is None or self._loop is not asyncio.get_running_loop():
-            return
-        while (self._pending or self._busy) and not self._task.done():
-            await asyncio.sleep(0.01)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            while not self._pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            # wait for company: until max_batch_pairs, or batch_wait_ms after the oldest request arrived
-            while self._pending_pairs < self.max_batch_pairs:
-                remaining = self._pending[0].arrived + self.batch_wait_s - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-            jobs, pairs = [], 0
-            while self._pending and (not jobs or pairs + len(self._pending[0].prompts) <= self.max_batch_pairs):
-                job = self._pending.popleft()
-                self._pending_pairs -= len(job.prompts)
-                if not job.future.done():  # a client that went away is not scored
-                    jobs.append(job)
-                    pairs += len(job.prompts)
-            if not jobs:
-                continue
-            self._busy = True
-            try:
-                results = await loop.run_in_executor(None, self._score_jobs, jobs)
-            except Exception as err:  # unexpected: every request of the batch gets a 500
-                logger.exception("Scoring a batch of %d pairs failed", pairs)
-                failure = RequestError(500, f"scoring failed ({type(err).__name__}), see the server log")
-                results = [failure] * len(jobs)
-            finally:
-                self._busy = False
-            for job, result in zip(jobs, results):
-                if job.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
-
-    def _score_jobs(self, jobs: list[_Job]) -> list[list[float | None] | Exception]:
-        """Worker thread: one `score` call for all jobs; on a bad pair, each job alone (so only its sender fails)."""
-        prompts = [p for job in jobs for p in job.prompts]
-        responses = [r for job in jobs for r in job.responses]
-        try:
-            scores = self.reward.score(prompts, responses)
-        except (TypeError, ValueError, FloatingPointError) as err:
-            if len(jobs) == 1 and not isinstance(err, FloatingPointError):
-                return [RequestError(422, str(err))]
-            return [self._score_alone(job) for job in jobs]
-        self.pairs_scored += len(prompts)
-        self.batches += 1
-        out, start = [], 0
-        for job in jobs:
-            out.append(list(scores[start : start + len(job.prompts)]))
-            start += len(job.prompts)
-        return out
-
-    def _score_alone(self, job: _Job) -> list[float | None] | Exception:
-        try:
-            scores = self.reward.score(job.prompts, job.responses)
-        except FloatingPointError:  # non-finite log-probs: the TRL entry point scores those pairs None
-            scores = self.reward(prompts=job.prompts, completions=job.responses)
-        except (TypeError, ValueError) as err:
-            return RequestError(422, str(err))
-        self.pairs_scored += len(job.prompts)
-        self.batches += 1
-        return list(scores)
-
-
-# ---- request parsing --------------------------------------------------------------------------------------------
-
-
-async def _read_json(request: Any, max_body_bytes: int) -> dict:
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise RequestError(400, f"invalid Content-Length header {length!r}")
-        if int(length) > max_body_bytes:
-            raise RequestError(413, f"request body of {int(length)} bytes is over the limit of {max_body_bytes}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_body_bytes:
-            raise RequestError(413, f"request body is over the limit of {max_body_bytes} bytes")
-    try:
-        data = json.loads(bytes(body))
-    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise RequestError(400, f"request body is not valid JSON: {str(err)[:200]}") from None
-    if not isinstance(data, dict):
-        raise RequestError(400, f"request body must be a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _list_field(data: dict, name: str, *, required: bool = True) -> list | None:
-    if name not in data and not required:
-        return None
-    if name not in data:
-        raise RequestError(422, f"missing field `{name}`")
-    value = data[name]
-    if not isinstance(value, list):
-        raise RequestError(422, f"`{name}` must be a list, got {type(value).__name__}")
-    return value
-
-
-def _check_lengths(fields: dict[str, list], max_pairs: int) -> int:
-    (first, n), *rest = ((k, len(v)) for k, v in fields.items())
-    for name, m in rest:
-        if m != n:
-            raise RequestError(422, f"`{first}` and `{name}` must have the same length, got {n} and {m}")
-    if n > max_pairs:
-        raise RequestError(413, f"`{first}` has {n} items, more than the limit of {max_pairs} per request")
-    return n
-
-
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
-
-
-def _check_items(name: str, values: list, *, kinds: str) -> None:
-    """`kinds`: "text" (strings), "prompt" (string or messages), "response" (string, a message or one-message list)."""
-    allowed = {
-        "text": "a string",
-        "prompt": "a string or a non-empty list of {role, content} messages",
-        "response": "a string or one assistant message",
-    }[kinds]
-    for i, value in enumerate(values):
-        if isinstance(value, str):
-            continue
-        if kinds == "prompt" and _is_messages(value):
-            continue
-        if kinds == "response" and (isinstance(value, dict) or _is_messages(value)):
-            continue
-        raise RequestError(422, f"`{name}[{i}]` must be {allowed}, got {type(value).__name__}")
-
-
-# ---- the app ------------------------------------------------------------------------------------------------------
 
 
 def create_app(
@@ -351,7 +143,7 @@ def create_app(
         async def wrapped(request: Any) -> JSONResponse:
             try:
                 check_auth(request)
-                return JSONResponse(await handler(await _read_json(request, max_body_bytes)))
+                return JSONResponse(await handler(await read_json(request, max_body_bytes)))
             except RequestError as err:
                 return error(err.status, err.message)
             except ClientDisconnect:  # nobody is left to answer
@@ -363,19 +155,19 @@ def create_app(
         return wrapped
 
     async def score(data: dict) -> dict:
-        prompts, responses = _list_field(data, "prompts"), _list_field(data, "responses")
-        _check_lengths({"prompts": prompts, "responses": responses}, max_request_pairs)
-        _check_items("prompts", prompts, kinds="prompt")
-        _check_items("responses", responses, kinds="response")
+        prompts, responses = list_field(data, "prompts"), list_field(data, "responses")
+        check_lengths({"prompts": prompts, "responses": responses}, max_request_pairs)
+        check_items("prompts", prompts, kinds="prompt")
+        check_items("responses", responses, kinds="response")
         return {"scores": await batcher.score(prompts, responses)}
 
     async def get_reward(data: dict) -> dict:
-        queries, prompts = _list_field(data, "query"), _list_field(data, "prompts")
-        labels = _list_field(data, "labels", required=False)
+        queries, prompts = list_field(data, "query"), list_field(data, "prompts")
+        labels = list_field(data, "labels", required=False)
         lists = {"query": queries, "prompts": prompts} | ({} if labels is None else {"labels": labels})
-        _check_lengths(lists, max_request_pairs)
-        _check_items("query", queries, kinds="text")
-        _check_items("prompts", prompts, kinds="text")
+        check_lengths(lists, max_request_pairs)
+        check_items("query", queries, kinds="text")
+        check_items("prompts", prompts, kinds="text")
         try:
             responses = [
                 split_query(q, p, index=i, strip_suffixes=suffixes) for i, (q, p) in enumerate(zip(queries, prompts))
