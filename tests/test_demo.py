@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from cme_reward.demo import format_report, format_table, run_demo, score_reference_pairs, shuffle_words
+from cme_reward import CMEConfig, VerifierSpec
+from cme_reward.tools.demo import format_report, format_table, run_demo, score_reference_pairs, shuffle_words
 from cme_reward.types import TokenScores
 
 needs_mtbench = pytest.mark.skipif(
@@ -129,7 +130,8 @@ def test_format_table_and_report():
 @needs_mtbench
 def test_run_demo_end_to_end_on_a_tiny_verifier(qwen_dir, tmp_path):
     out = tmp_path / "out"
-    result = run_demo(verifier=str(qwen_dir), limit=3, output_dir=out, batch_tokens=1024, show_progress_bar=False)
+    config = CMEConfig(max_tokens_per_batch=1024)
+    result = run_demo(verifier=str(qwen_dir), config=config, limit=3, output_dir=out, show_progress_bar=False)
     assert [r["question_id"] for r in result["rows"]] == [101, 102, 103]
     assert all(isinstance(r["cme_reference"], float) and r["cme_reference"] < 0 for r in result["rows"])
     assert result["verifier"] == str(qwen_dir) and result["load_seconds"] > 0
@@ -139,3 +141,5 @@ def test_run_demo_end_to_end_on_a_tiny_verifier(qwen_dir, tmp_path):
     assert (out / "heatmap.html").read_text().count('class="card"') == 6
     with pytest.raises(ValueError, match="limit"):
         run_demo(verifier=str(qwen_dir), limit=0, output_dir=out)
+    spec = VerifierSpec(qwen_dir, dtype="bfloat16")  # a whole spec works too
+    assert run_demo(verifier=spec, limit=1, output_dir=out, show_progress_bar=False)["verifier"] == str(qwen_dir)

@@ -11,21 +11,21 @@ pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-def run(*args: str) -> str:
+def run_example(*args: str) -> str:
     proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
 
 def test_score_responses(qwen_dir):
-    out = run(str(EXAMPLES / "score_responses.py"), "--verifier", str(qwen_dir))
+    out = run_example(str(EXAMPLES / "score_responses.py"), "--verifier", str(qwen_dir))
     lines = [line for line in out.splitlines() if "->" in line]
     assert len(lines) == 5 and "None (empty response)" in lines[-1]
 
 
 def test_train_grpo_cme(qwen_dir, tmp_path):
     policy = save_verifier(tmp_path / "policy", "llama", seed=4)  # its own tokenizer, not the verifier's
-    out = run(
+    out = run_example(
         str(EXAMPLES / "train_grpo_cme.py"),
         "--policy", str(policy),
         "--verifier", str(qwen_dir),

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cme_reward import heatmap
-from cme_reward.heatmap import logprob_color, render_heatmap, write_heatmap
+from cme_reward.tools import heatmap
+from cme_reward.tools.heatmap import logprob_color, render_heatmap, write_heatmap
 from cme_reward.types import TokenScores
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -83,8 +83,11 @@ def parse(page: str) -> Page:
 
 
 def unmark(text: str) -> str:
-    """Undo the whitespace marks: the page shows '↵' before a newline, '→' before a tab and '␍' for a CR."""
-    return text.replace("\u21b5\n", "\n").replace("\u2192\t", "\t").replace("\u240d", "\r").replace("\u2205", "")
+    """Undo the marks: the page shows '↵' before a newline, '→' before a tab, '␍' for a CR and '·' for a token that
+    holds only part of a character."""
+    if text == "\u00b7":
+        return ""
+    return text.replace("\u21b5\n", "\n").replace("\u2192\t", "\t").replace("\u240d", "\r")
 
 
 def hue(style: str) -> int:
@@ -123,7 +126,8 @@ def test_whitespace_is_visible_and_kept():
     assert [unmark(s) for s in shown] == tokens
     assert shown[2] == "():\u21b5\n" and shown[3] == "\u2192\t" and shown[7] == "\u240d\u21b5\n"
     assert shown[5] == "  "  # spaces stay spaces (the response block uses white-space: pre-wrap)
-    assert shown[8] == "\u2205"  # a token that decodes to nothing still gets a visible, hoverable box
+    assert shown[8] == "\u00b7"  # a token that decodes to nothing still gets a visible, hoverable box
+    assert "part of a character completed by a following token" in card["tokens"][8]["title"]
     assert "white-space: pre-wrap" in page
 
 

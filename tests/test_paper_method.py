@@ -10,7 +10,6 @@ from tiny_models import build_tokenizer, save_verifier
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cme_reward import CMEConfig, CrossModelEntropyReward
-from cme_reward.engine.kernels import blocked_token_logprobs, token_logprobs
 
 PAIRS = [
     ("What is 2 + 2?", "The answer is \\boxed{4}. Done."),
@@ -27,13 +26,13 @@ def verifier_dir(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def disk(verifier_dir):
+def arch_disk(verifier_dir):
     return AutoModelForCausalLM.from_pretrained(verifier_dir).eval(), AutoTokenizer.from_pretrained(verifier_dir)
 
 
-def naive(disk, prompt, response, *, extra=()):
+def naive(arch_disk, prompt, response, *, extra=()):
     """(log-probs, negated entropies) of the response tokens (+ `extra` ids), one pair, full fp32 log_softmax."""
-    model, tok = disk
+    model, tok = arch_disk
     context = tok(prompt).input_ids or [tok.bos_token_id or tok.eos_token_id]
     response_ids = tok(response, add_special_tokens=False).input_ids + list(extra)
     ids = torch.tensor([context + response_ids])
@@ -43,29 +42,15 @@ def naive(disk, prompt, response, *, extra=()):
     return picked, (logp.exp() * logp).sum(-1)
 
 
-def test_kernels_entropy_matches_full_softmax():
-    torch.manual_seed(0)
-    hidden, weight = torch.randn(37, 16), torch.randn(2500, 16) * 3
-    targets = torch.randint(0, 2500, (37,))
-    logp = torch.log_softmax(hidden @ weight.T, -1)
-    want = torch.stack([logp.gather(1, targets[:, None]).squeeze(1), (logp.exp() * logp).sum(-1)], -1)
-    chunked = token_logprobs(hidden, targets, lambda h: h @ weight.T, 10, entropy=True)
-    blocked = blocked_token_logprobs(hidden, targets, weight, rows=16, vocab_block=300, entropy=True)
-    torch.testing.assert_close(chunked, want, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(blocked, want, atol=1e-4, rtol=1e-4)
-    plain = blocked_token_logprobs(hidden, targets, weight, rows=16, vocab_block=300)
-    torch.testing.assert_close(blocked[:, 0], plain, atol=1e-5, rtol=1e-6)
-
-
 @pytest.mark.parametrize("prefix_sharing", [True, False])
-def test_entropy_metric_matches_reference(verifier_dir, disk, prefix_sharing):
+def test_entropy_metric_matches_reference(verifier_dir, arch_disk, prefix_sharing):
     reward = CrossModelEntropyReward(
         verifier_dir, metric="entropy", prefix_sharing=prefix_sharing, min_shared_tokens=0
     )
     prompts = [p for p, _ in PAIRS] + [PAIRS[0][0]] * 3  # a group that shares its context
     responses = [r for _, r in PAIRS] + [" 4", " four", " It is 4."]
     for (p, r), ts in zip(zip(prompts, responses), reward.score_tokens(prompts, responses)):
-        logprobs, neg_entropy = naive(disk, p, r)
+        logprobs, neg_entropy = naive(arch_disk, p, r)
         assert ts.metric == "entropy"
         torch.testing.assert_close(torch.tensor(ts.values), neg_entropy, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(torch.tensor(ts.logprobs), logprobs, atol=1e-4, rtol=1e-4)
@@ -85,18 +70,18 @@ def test_entropy_metric_matches_reference(verifier_dir, disk, prefix_sharing):
         ("quantile", 0.0, lambda v: v.min()),
     ],
 )
-def test_reductions(verifier_dir, disk, reduction, quantile, expected):
+def test_reductions(verifier_dir, arch_disk, reduction, quantile, expected):
     reward = CrossModelEntropyReward(verifier_dir, reduction=reduction, quantile=quantile)
     scores = reward.score([p for p, _ in PAIRS], [r for _, r in PAIRS])
     for (p, r), s in zip(PAIRS, scores):
-        assert s == pytest.approx(float(expected(naive(disk, p, r)[0])), rel=1e-4, abs=1e-4)
+        assert s == pytest.approx(float(expected(naive(arch_disk, p, r)[0])), rel=1e-4, abs=1e-4)
 
 
-def _span_reference(disk, prompt, response, span, weight=1.0):
+def _span_reference(arch_disk, prompt, response, span, weight=1.0):
     """Mean log-prob over the verifier tokens whose characters overlap `span`, found by decoding prefixes."""
-    _, tok = disk
+    _, tok = arch_disk
     ids = tok(response, add_special_tokens=False).input_ids
-    logprobs, _ = naive(disk, prompt, response)
+    logprobs, _ = naive(arch_disk, prompt, response)
     ends = [len(tok.decode(ids[: k + 1]).encode()) for k in range(len(ids))]
     starts = [0] + ends[:-1]
     lo, hi = len(response[: span[0]].encode()), len(response[: span[1]].encode())
@@ -105,7 +90,7 @@ def _span_reference(disk, prompt, response, span, weight=1.0):
 
 
 @pytest.mark.parametrize("weight", [1.0, 0.3])
-def test_boxed_span_and_blend(verifier_dir, disk, weight):
+def test_boxed_span_and_blend(verifier_dir, arch_disk, weight):
     reward = CrossModelEntropyReward(verifier_dir, score_span="boxed", span_weight=weight, missing_span_value=-5.0)
     prompts, responses = [p for p, _ in PAIRS], [r for _, r in PAIRS]
     for (p, r), s in zip(PAIRS, reward.score(prompts, responses)):
@@ -114,29 +99,29 @@ def test_boxed_span_and_blend(verifier_dir, disk, weight):
             continue
         start = r.rindex("\\boxed{") + len("\\boxed{")
         assert s == pytest.approx(
-            _span_reference(disk, p, r, (start, len(r) - r[::-1].index("}") - 1), weight), abs=1e-4
+            _span_reference(arch_disk, p, r, (start, len(r) - r[::-1].index("}") - 1), weight), abs=1e-4
         )
 
 
-def test_regex_and_callable_spans(verifier_dir, disk):
+def test_regex_and_callable_spans(verifier_dir, arch_disk):
     prompt, response = PAIRS[0]
     by_regex = CrossModelEntropyReward(verifier_dir, score_span=r"answer is (.*?)\.").score([prompt], [response])[0]
     match = re.search(r"answer is (.*?)\.", response)
-    assert by_regex == pytest.approx(_span_reference(disk, prompt, response, match.span(1)), abs=1e-4)
+    assert by_regex == pytest.approx(_span_reference(arch_disk, prompt, response, match.span(1)), abs=1e-4)
     by_callable = CrossModelEntropyReward(verifier_dir, score_span=lambda text: (0, 3)).score([prompt], [response])[0]
-    assert by_callable == pytest.approx(_span_reference(disk, prompt, response, (0, 3)), abs=1e-4)
+    assert by_callable == pytest.approx(_span_reference(arch_disk, prompt, response, (0, 3)), abs=1e-4)
     missing = CrossModelEntropyReward(verifier_dir, score_span=r"zzz(\d)").score([prompt], [response])
     assert missing == [None]
 
 
-def test_score_eos_adds_the_end_of_turn_token(verifier_dir, disk):
-    _, tok = disk
+def test_score_eos_adds_the_end_of_turn_token(verifier_dir, arch_disk):
+    _, tok = arch_disk
     reward = CrossModelEntropyReward(verifier_dir, score_eos=True)
     prompt, response = PAIRS[0]
     ended, clipped = reward.score_tokens([prompt, prompt], [response, response], ended=[True, False])
     assert ended.token_ids[-1] == tok.eos_token_id and clipped.token_ids[-1] != tok.eos_token_id
     assert len(ended) == len(clipped) + 1
-    want, _ = naive(disk, prompt, response, extra=[tok.eos_token_id])
+    want, _ = naive(arch_disk, prompt, response, extra=[tok.eos_token_id])
     torch.testing.assert_close(torch.tensor(ended.logprobs), want, atol=1e-4, rtol=1e-4)
     chat = [{"role": "user", "content": prompt}]
     if tok.chat_template:  # ChatML: the end of an assistant turn is <|im_end|>, not EOS
@@ -144,8 +129,8 @@ def test_score_eos_adds_the_end_of_turn_token(verifier_dir, disk):
         assert chat_ended.token_ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
 
 
-def test_dense_identity_and_conservation_across_tokenizers(verifier_dir, disk, tmp_path):
-    _, tok = disk
+def test_dense_identity_and_conservation_across_tokenizers(verifier_dir, arch_disk, tmp_path):
+    _, tok = arch_disk
     reward = CrossModelEntropyReward(verifier_dir)
     prompts, completions = [p for p, _ in PAIRS], [r for _, r in PAIRS]
     token_scores = reward.score_tokens(prompts, completions)
@@ -165,14 +150,14 @@ def test_dense_identity_and_conservation_across_tokenizers(verifier_dir, disk, t
     assert [len(v) for v in means] == [len(i) for i in policy_ids]
 
 
-def test_dense_with_score_eos_gives_the_end_value_to_the_policy_eos(verifier_dir, disk):
-    _, tok = disk
+def test_dense_with_score_eos_gives_the_end_value_to_the_policy_eos(verifier_dir, arch_disk):
+    _, tok = arch_disk
     reward = CrossModelEntropyReward(verifier_dir, score_eos=True)
     policy = build_tokenizer(vocab_size=300)
     prompt, response = PAIRS[0]
     ids = policy(response, add_special_tokens=False).input_ids
     ended, clipped = reward.score_dense([prompt] * 2, [response] * 2, [ids + [policy.eos_token_id], ids], policy)
-    eos_value = naive(disk, prompt, response, extra=[tok.eos_token_id])[0][-1].item()
+    eos_value = naive(arch_disk, prompt, response, extra=[tok.eos_token_id])[0][-1].item()
     assert ended[-1] == pytest.approx(eos_value, abs=1e-4)
     assert sum(ended) == pytest.approx(sum(clipped) + eos_value, abs=1e-4)
 
@@ -195,8 +180,8 @@ def test_trl_call_verifier_prompt_column_and_log_extra(verifier_dir):
         reward(prompts=["a"], completions=["b"], completion_ids=[[1]])
 
 
-def test_score_eos_in_a_trainer_needs_the_policy_tokenizer(verifier_dir, disk):
-    _, tok = disk
+def test_score_eos_in_a_trainer_needs_the_policy_tokenizer(verifier_dir, arch_disk):
+    _, tok = arch_disk
     reward = CrossModelEntropyReward(verifier_dir, score_eos=True)
     with pytest.raises(ValueError, match="policy_tokenizer"):
         reward(prompts=["a"], completions=["b"], completion_ids=[[5]])

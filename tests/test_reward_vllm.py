@@ -5,31 +5,23 @@ import pytest
 
 pytest.importorskip("httpx")
 
-from fake_vllm import FakeVLLMServer  # noqa: E402
-
 from cme_reward import CrossModelEntropyReward  # noqa: E402
 
 PROMPTS = ["The capital of France is", "Héllo wörld 東京", [{"role": "user", "content": "2 + 2?"}]] * 2
 RESPONSES = [" Paris.", " Привет мир 🙂", "4, of course."] + [" Lyon?", " naïve café", "Five."]
 
 
-@pytest.fixture(scope="module")
-def server(qwen_dir):
-    with FakeVLLMServer(qwen_dir) as fake:
-        yield fake
-
-
-def test_same_scores_as_in_process(server, qwen_dir):
-    remote = CrossModelEntropyReward(qwen_dir, backend="vllm", base_url=server.url)
-    local = CrossModelEntropyReward(qwen_dir)
-    assert remote.score(PROMPTS, RESPONSES) == pytest.approx(local.score(PROMPTS, RESPONSES), abs=1e-5)
-    assert remote(prompts=PROMPTS, completions=RESPONSES) == pytest.approx(local.score(PROMPTS, RESPONSES), abs=1e-5)
+def test_same_scores_as_in_process(fake_vllm, qwen_dir, reward):
+    remote = CrossModelEntropyReward(qwen_dir, backend="vllm", base_url=fake_vllm.url)
+    local = reward.score(PROMPTS, RESPONSES)
+    assert remote.score(PROMPTS, RESPONSES) == pytest.approx(local, abs=1e-5)
+    assert remote(prompts=PROMPTS, completions=RESPONSES) == pytest.approx(local, abs=1e-5)
     assert remote.model is None and "base_url=" in repr(remote)
 
 
-def test_entropy_is_refused_with_a_reason(server, qwen_dir):
+def test_entropy_is_refused_with_a_reason(fake_vllm, qwen_dir):
     with pytest.raises(ValueError, match="metric='entropy'.*prompt_logprobs"):
-        CrossModelEntropyReward(qwen_dir, backend="vllm", base_url=server.url, metric="entropy")
+        CrossModelEntropyReward(qwen_dir, backend="vllm", base_url=fake_vllm.url, metric="entropy")
 
 
 def test_backend_needs_a_url(qwen_dir):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import trainer_args
 from datasets import Dataset
 from tiny_models import build_model, build_tokenizer
 
@@ -19,31 +20,13 @@ def conversational_dataset(n=8):
     return Dataset.from_dict({"prompt": [[{"role": "user", "content": questions[i % 4]}] for i in range(n)]})
 
 
-def policy():
+def tiny_policy():
     tok = build_tokenizer(vocab_size=300, bos=False)  # not the verifier's tokenizer: different vocabulary
     model = build_model("llama", len(tok), seed=7)
     model.config.pad_token_id, model.config.eos_token_id = tok.pad_token_id, tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return model, tok
-
-
-def common_args(tmp_path, **extra):
-    return dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=8,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-        learning_rate=1e-3,
-        **extra,
-    )
 
 
 def check_run(trainer, reward, before):
@@ -62,32 +45,18 @@ def check_run(trainer, reward, before):
     assert reward.score(*PROBE) == before
 
 
-def test_grpo_trainer(qwen_dir, tmp_path):
-    from trl import GRPOConfig, GRPOTrainer
+@pytest.mark.parametrize(("kind", "extra"), [("GRPO", {}), ("RLOO", {"beta": 0.0})], ids=["grpo", "rloo"])
+def test_trainer_with_the_reward(qwen_dir, tmp_path, kind, extra):
+    import trl
 
     reward = CrossModelEntropyReward(qwen_dir, name="cme")
     before = reward.score(*PROBE)
-    model, tok = policy()
-    trainer = GRPOTrainer(
+    model, tok = tiny_policy()
+    config = getattr(trl, f"{kind}Config")(**trainer_args(tmp_path, **extra))
+    trainer = getattr(trl, f"{kind}Trainer")(
         model=model,
         reward_funcs=[reward],
-        args=GRPOConfig(**common_args(tmp_path)),
-        train_dataset=conversational_dataset(),
-        processing_class=tok,
-    )
-    check_run(trainer, reward, before)
-
-
-def test_rloo_trainer(qwen_dir, tmp_path):
-    from trl import RLOOConfig, RLOOTrainer
-
-    reward = CrossModelEntropyReward(qwen_dir, name="cme")
-    before = reward.score(*PROBE)
-    model, tok = policy()
-    trainer = RLOOTrainer(
-        model=model,
-        reward_funcs=[reward],
-        args=RLOOConfig(**common_args(tmp_path, beta=0.0)),
+        args=config,
         train_dataset=conversational_dataset(),
         processing_class=tok,
     )

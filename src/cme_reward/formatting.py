@@ -57,7 +57,7 @@ def check_batch(prompts: Any, responses: Any, *, prompts_name: str = "prompts", 
 
 
 def clean_text(text: str) -> str:
-    """Replace lone surrogates (which no tokenizer can encode) with U+FFFD."""
+    """Replace lone surrogates (which no tokenizer can encode) with U+FFFD, one per byte of their UTF-8 form."""
     try:
         text.encode("utf-8")
         return text

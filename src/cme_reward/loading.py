@@ -97,6 +97,9 @@ def load_verifier(spec: VerifierSpec) -> tuple[PreTrainedModel, PreTrainedTokeni
     is resolved (aliases), checked (a hub id with the hub out of reach fails at once) and loaded on
     `resolve_device(spec.device)` in `resolve_dtype(spec.dtype)`.
     """
+    if not spec.is_object:  # before importing transformers (seconds): an unreachable source fails at once
+        spec = spec.resolved()
+        check_hub_source(spec)
     from transformers import AutoModelForCausalLM, PreTrainedModel
 
     if spec.trust_remote_code:
@@ -111,8 +114,6 @@ def load_verifier(spec: VerifierSpec) -> tuple[PreTrainedModel, PreTrainedTokeni
         if spec.dtype is not None:
             model = model.to(dtype=resolve_dtype(spec.dtype, model.device))
     elif isinstance(spec.source, (str, os.PathLike)):
-        spec = spec.resolved()
-        check_hub_source(spec)
         device = resolve_device(spec.device)
         source, gguf_file = split_gguf(os.fspath(spec.source), spec.gguf_file)
         kwargs = dict(spec.model_kwargs or {})

@@ -124,6 +124,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     pairs = load_pairs(args)
     writer = _writer(args, pairs)
     if writer.preview() == "complete":
+        with writer:  # opening removes what an earlier run left after publishing the output (its checkpoint)
+            pass
         print(f"{output} was already complete: {len(pairs)} rows (nothing to do)")
         return 0
     reward, load_seconds = load_reward(args)
