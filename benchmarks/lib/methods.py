@@ -27,6 +27,7 @@ NAMES = {
     "d": "cme full",
     "e": "cme full, chunked head",
     "g": "cme full + packing",
+    "h": "cme full, entropy metric",
 }
 LABELS = {
     "a": "(a) naive loop",
@@ -35,6 +36,7 @@ LABELS = {
     "d": "(d) cme full",
     "e": "(e) cme full, chunked head (no vocab blocks)",
     "g": "(g) cme full + packing of short pairs (pack_tokens=256)",
+    "h": "(h) cme full, metric='entropy' (log-prob and predictive entropy in one pass)",
 }
 
 
@@ -81,10 +83,11 @@ def engine(
     key: str = "d",
     head_vocab_block: int | None = None,
     pack_tokens: int = 0,
+    metric: str = "logprob",
     **_,
 ) -> Method:
-    """(c), (d), (e), (g): `ScoringEngine` with one `CMEConfig`; every run starts from the config's budget and zero
-    statistics (`engine.reset()`).
+    """(c), (d), (e), (g), (h): `ScoringEngine` with one `CMEConfig`; every run starts from the config's budget and
+    zero statistics (`engine.reset()`).
 
     Args:
         model (`torch.nn.Module`): the verifier.
@@ -93,6 +96,8 @@ def engine(
         key (`str`, *optional*, defaults to `"d"`): the method key, for its label.
         head_vocab_block (`int`, *optional*): 0 for (e) (plain chunked head); `None`: the engine's choice.
         pack_tokens (`int`, *optional*, defaults to `0`): 256 for (g).
+        metric (`str`, *optional*, defaults to `"logprob"`): `"entropy"` for (h), which also computes the predictive
+            entropy; its log-prob column is what is compared with (a).
 
     Returns:
         [`Method`].
@@ -102,12 +107,14 @@ def engine(
         prefix_sharing=prefix_sharing,
         head_vocab_block=head_vocab_block,
         pack_tokens=pack_tokens,
+        metric=metric,
     )
     eng = ScoringEngine(model, config)
 
     def run(pairs: list[Pair]) -> list[torch.Tensor]:
         eng.reset()  # an OOM split lowers the budget: every repeat starts from the same one, with zero stats
-        return eng.score(pairs)
+        out = eng.score(pairs)
+        return [t[:, 0] for t in out] if metric == "entropy" else out
 
     def stats() -> dict:
         counts = dataclasses.asdict(eng.stats) if dataclasses.is_dataclass(eng.stats) else dict(vars(eng.stats))
@@ -117,7 +124,7 @@ def engine(
 
     notes = (
         f"ScoringEngine(model, CMEConfig(max_tokens_per_batch={budget}, prefix_sharing={prefix_sharing}, "
-        f"head_vocab_block={head_vocab_block}, pack_tokens={pack_tokens}))"
+        f"head_vocab_block={head_vocab_block}, pack_tokens={pack_tokens}, metric={metric!r}))"
     )
     return Method(key, LABELS[key], run, stats, notes=notes)
 
@@ -167,6 +174,7 @@ FACTORIES: dict[str, Callable[..., Method | str]] = {
     "d": lambda model, **kw: engine(model, key="d", **kw),
     "e": lambda model, **kw: engine(model, key="e", head_vocab_block=0, **kw),
     "g": lambda model, **kw: engine(model, key="g", pack_tokens=256, **kw),
+    "h": lambda model, **kw: engine(model, key="h", metric="entropy", **kw),
 }
 
 
