@@ -196,8 +196,14 @@ class ResumableWriter:
         return "fresh", None
 
     def _open(self) -> int:
+        self._remove_stale_temporaries()
         action, ckpt = self._plan()
         return self._resume(ckpt) if action == "resume" else self._start_fresh()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary checkpoint files of a process killed inside `write_atomic` (we hold the lock: none is live)."""
+        for tmp in self.checkpoint_path.parent.glob(f".{self.checkpoint_path.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     def _resume(self, ckpt: dict[str, Any]) -> int:
         rows, size = int(ckpt["rows_done"]), int(ckpt["bytes_done"])
@@ -297,6 +303,7 @@ class ResumableWriter:
             os.replace(self.partial_path, self.output)
             fsync_dir(self.output.parent)
             self.checkpoint_path.unlink(missing_ok=True)
+            self._remove_stale_temporaries()
             self.state = "complete"
         self.close()
         return self.output
