@@ -32,7 +32,7 @@ def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     config_names, spec_names = set(CMEConfig.field_names()), set(VerifierSpec.field_names()) - {"source"}
     unknown = sorted(set(options) - config_names - spec_names)
     if unknown:
-        known = sorted(config_names | spec_names | {"config", "name", "show_progress_bar"})
+        known = sorted(config_names | spec_names | {"config", "name", "show_progress_bar", "policy_tokenizer"})
         hints = [difflib.get_close_matches(u, known, n=1) for u in unknown]
         hint = "".join(f" Did you mean {h[0]!r} for {u!r}?" for u, h in zip(unknown, hints) if h)
         raise TypeError(f"unknown option(s) {unknown} for CrossModelEntropyReward; known options: {known}.{hint}")
@@ -50,7 +50,8 @@ class CrossModelEntropyReward:
     What is scored: a plain prompt is tokenized with the verifier tokenizer's own special tokens (e.g. BOS) and the
     response without special tokens. A conversational prompt (list of `{"role", "content"}` messages) goes through the
     *verifier's* chat template with `add_generation_prompt=True`; the response is the assistant message content.
-    `completion_ids` from TRL are in the policy's tokenizer and are never used.
+    `completion_ids` from TRL are in the policy's tokenizer: they are used only to map dense values onto the policy's
+    tokens (`score_dense`) and, with `score_eos`, to tell completions that ended from clipped ones.
 
     Args:
         verifier (`str`, `os.PathLike`, `PreTrainedModel` or `VerifierSpec`):
