@@ -15,7 +15,8 @@ G8 = "a,c,d"
 RUNS: dict[str, list[str]] = {
     "cpu-smollm2-135m-g4": ["--preset", "smollm2-135m", "--group-size", "4", "--prompts", "12", *COMMON,
                             "--methods", G4],
-    "cpu-small-152k-g4": ["--preset", "small-152k", "--group-size", "4", "--prompts", "16", *COMMON, "--methods", G4],
+    "cpu-small-152k-g4": ["--preset", "small-152k", "--group-size", "4", "--prompts", "16", *COMMON,
+                          "--methods", G4 + ",h"],
     "cpu-smollm2-135m-g8": ["--preset", "smollm2-135m", "--group-size", "8", "--prompts", "6", *COMMON,
                             "--methods", G8],
     "cpu-smollm2-135m-g8-long-prompts": ["--preset", "smollm2-135m", "--group-size", "8", "--prompts", "3",
@@ -36,6 +37,8 @@ TARGETS = [
      "max_abs_score_diff", "<=", 5e-3),
     ("cpu-small-152k-g4", "small-152k fp32: {m} >= 2.5x (a)", "d", "speedup_vs_a", ">=", 2.5),
     ("cpu-small-152k-g4", "small-152k fp32: {m} scores within 1e-4 of (a)", "d", "max_abs_score_diff", "<=", 1e-4),
+    ("cpu-small-152k-g4", "small-152k fp32: {m} metric='entropy' costs <= 1.3x (d): speed >= 0.77x (d)", "h", "d/h",
+     ">=", 1 / 1.3),
     ("cpu-smollm2-135m-g8", "SmolLM2 G=8, prompts as long as responses: (d) >= 2x (c)", "d", "c/d", ">=", 2.0),
     ("cpu-smollm2-135m-g8-long-prompts", "SmolLM2 G=8, prompts 300-900: (d) >= 2x (c)", "d", "c/d", ">=", 2.0),
 ]  # fmt: skip
