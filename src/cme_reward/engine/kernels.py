@@ -61,7 +61,7 @@ def blocked_token_logprobs(
                 shifted = logits.sub_(top)  # (n, block): l - top
                 e = shifted.exp()  # (n, block)
                 sums.append(e.sum(-1))
-                dots.append((e[:, None, :] @ shifted[:, :, None]).view(-1))  # (n,) sum e * (l - top), no temporary
+                dots.append(torch.linalg.vecdot(e, shifted))  # (n,) sum e * (l - top)
             else:
                 sums.append(logits.sub_(top).exp_().sum(-1))
         if not entropy:  # the plain path: each block's log-sum-exp, then theirs
