@@ -262,7 +262,6 @@ class CrossModelEntropyReward:
         if prompts is None or completions is None:
             raise TypeError("the reward needs `prompts` and `completions` (TRL passes both as keyword arguments)")
         prompts = self._verifier_prompts(prompts, kwargs)
-        prompts, completions = check_batch(prompts, completions, responses_name="completions")
         start = time.perf_counter()
         ended = self._ended(completion_ids, self.policy_tokenizer) if self.config.score_eos else None
         results = self._run(prompts, completions, ended, strict=False)
