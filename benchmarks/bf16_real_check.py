@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from cme_reward import CMEConfig
-from cme_reward.atomic import write_atomic
 from cme_reward.engine import ScoringEngine
+from cme_reward.files.atomic import write_atomic
 from cme_reward.reference import reference_token_logprobs
 
 from .lib.presets import build_model

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cme_reward.atomic import write_atomic
+from cme_reward.files.atomic import write_atomic
 
 from .lib.presets import build_config, flop_model
 from .lib.report import own_peak_fraction

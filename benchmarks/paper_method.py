@@ -17,8 +17,8 @@ import time
 import torch
 
 from cme_reward import CMEConfig
-from cme_reward.atomic import write_atomic
 from cme_reward.engine import ScoringEngine
+from cme_reward.files.atomic import write_atomic
 
 from .lib.presets import build_model
 from .lib.workload import make_workload
@@ -48,7 +48,7 @@ def dense_vs_scalar(repeats: int) -> dict | str:
     from cme_reward import CrossModelEntropyReward
 
     try:
-        from cme_reward.tools.assets import mtbench_reference_pairs
+        from cme_reward.data.mtbench import mtbench_reference_pairs
 
         reward = CrossModelEntropyReward("smollm2", show_progress_bar=False)
         pairs = mtbench_reference_pairs()

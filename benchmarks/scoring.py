@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from cme_reward.atomic import write_atomic
+from cme_reward.files.atomic import write_atomic
 
 from .lib.chart import chart
 from .lib.machine import DTYPES, gpu_spec_peak, machine_info, measure_peaks

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from cme_reward.files.atomic import write_atomic
 
 __all__ = ["main"]
 
@@ -106,31 +106,7 @@ def make_pairs(n: int, prompt_words: int, response_words: int, seed: int) -> tup
 def load_reward(args: argparse.Namespace):
     from cme_reward import CrossModelEntropyReward
 
-    source, kwargs = args.verifier, {}
-    try:
-        from cme_reward.tools.assets import resolve_verifier
-    except ImportError:
-        resolve_verifier = None
-    if resolve_verifier is not None:
-        source, kwargs = resolve_verifier(args.verifier)
-    if args.device:
-        kwargs["device"] = args.device
-    return CrossModelEntropyReward(source, show_progress_bar=False, **kwargs)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return CrossModelEntropyReward(args.verifier, show_progress_bar=False, device=args.device)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -139,7 +115,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from cme_reward.tools.server import create_app, serve_in_thread
+    from cme_reward.server.app import create_app, serve_in_thread
 
     reward = load_reward(args)
     prompts, responses = make_pairs(args.pairs, args.prompt_words, args.response_words, args.seed)
@@ -228,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     print_table(result)
     if args.out:
-        write_json_atomic(args.out, result)
+        write_atomic(args.out, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0
 

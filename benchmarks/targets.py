@@ -10,7 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from cme_reward.atomic import write_atomic
+from cme_reward.files.atomic import write_atomic
 
 from .lib.results import load_reports
 from .lib.targets import RUNS, check_targets, targets_markdown

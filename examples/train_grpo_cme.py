@@ -27,7 +27,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.rewards import get_soft_overlong_punishment
 
 from cme_reward import CrossModelEntropyReward
-from cme_reward.tools.assets import load_trainable_policy
+from cme_reward.training.policy import load_trainable_policy
 
 FALLBACK_PROMPTS = [
     "Explain why the sky is blue in two sentences.",
@@ -39,7 +39,7 @@ FALLBACK_PROMPTS = [
 
 def prompts_dataset(n: int) -> Dataset:
     try:
-        from cme_reward.tools.assets import mtbench_questions
+        from cme_reward.data.mtbench import mtbench_questions
 
         questions = [q["turns"][0] for q in mtbench_questions()]
     except (ModuleNotFoundError, FileNotFoundError):

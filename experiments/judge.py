@@ -19,17 +19,19 @@ import logging
 import os
 import random
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .metrics import bootstrap_ci
+from cme_reward.errors import RemoteError
+from cme_reward.http import JSONClient
 
-__all__ = ["ChatJudge", "JUDGE_SYSTEM", "compare", "parse_verdict", "win_rate"]
+from .metrics import bootstrap_ci
+from .settings import DEFAULT_OUT, write_json
+
+__all__ = ["ChatJudge", "JUDGE_SYSTEM", "compare", "judge_run", "parse_verdict", "win_rate"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,6 @@ JUDGE_TEMPLATE = (
     "[The Start of Response B]\n{answer_b}\n[The End of Response B]"
 )
 _VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
-_RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
 def parse_verdict(text: str) -> str | None:
@@ -74,7 +75,8 @@ class ChatJudge:
         model (`str`): the served model id sent as `model`.
         api_key (`str`, *optional*): bearer token (never logged or recorded).
         timeout (`float`, *optional*, defaults to `120.0`): seconds per request.
-        retries (`int`, *optional*, defaults to `3`): extra attempts on connection errors, 429 and 5xx.
+        max_retries (`int`, *optional*, defaults to `3`): retries after the first try (`cme_reward.http`'s rule:
+            connection errors, timeouts, HTTP 408/425/429/502/503/504).
         backoff (`float`, *optional*, defaults to `1.0`): seconds before the first retry, doubled each time.
         max_tokens (`int`, *optional*, defaults to `512`): room for the judge's explanation and verdict.
         workers (`int`, *optional*, defaults to `8`): concurrent requests in `compare`.
@@ -94,7 +96,7 @@ class ChatJudge:
         model: str,
         api_key: str | None = None,
         timeout: float = 120.0,
-        retries: int = 3,
+        max_retries: int = 3,
         backoff: float = 1.0,
         max_tokens: int = 512,
         workers: int = 8,
@@ -102,14 +104,12 @@ class ChatJudge:
         self.endpoint = _endpoint(url)
         if not isinstance(model, str) or not model:
             raise ValueError(f"`model` must be the served model id (a non-empty string), got {model!r}")
-        for name, value in (("retries", retries), ("max_tokens", max_tokens), ("workers", workers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "retries" else 1):
-                raise ValueError(f"`{name}` must be an integer >= {0 if name == 'retries' else 1}, got {value!r}")
-        if not timeout > 0 or backoff < 0:
-            raise ValueError(f"`timeout` must be > 0 and `backoff` >= 0, got {timeout!r}, {backoff!r}")
-        self.model, self._api_key = model, api_key
-        self.timeout, self.retries, self.backoff = float(timeout), retries, float(backoff)
-        self.max_tokens, self.workers = max_tokens, workers
+        for name, value in (("max_tokens", max_tokens), ("workers", workers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+        self.model, self.max_tokens, self.workers = model, max_tokens, workers
+        self.client = JSONClient(self.endpoint, api_key=api_key, timeout=timeout, max_retries=max_retries,
+                                 backoff=backoff, max_connections=workers, name="the judge")  # fmt: skip
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> ChatJudge | None:
@@ -126,30 +126,6 @@ class ChatJudge:
         """What a result file records about the judge (no key)."""
         return {"endpoint": self.endpoint, "model": self.model, "system_prompt": JUDGE_SYSTEM}
 
-    def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        data = json.dumps(payload).encode("utf-8")
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.endpoint, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read().decode("utf-8"))
-            except urllib.error.HTTPError as err:
-                body = err.read().decode("utf-8", errors="replace")[:300]
-                if err.code not in _RETRY_STATUS or attempt == self.retries:
-                    raise RuntimeError(f"judge {self.endpoint} answered HTTP {err.code}: {body}") from err
-                reason = f"HTTP {err.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                if attempt == self.retries:
-                    raise RuntimeError(f"judge {self.endpoint} unreachable: {err}") from err
-                reason = str(err)
-            delay = self.backoff * 2**attempt
-            logger.warning("judge request failed (%s); retry %d/%d in %.1fs", reason, attempt + 1, self.retries, delay)
-            time.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
     def ask(self, question: str, answer_a: str, answer_b: str) -> str:
         """The judge's raw reply for one ordered pair."""
         payload = {
@@ -162,11 +138,11 @@ class ChatJudge:
             "temperature": 0.0,
             "max_tokens": self.max_tokens,
         }  # fmt: skip
-        reply = self._post(payload)
+        reply = self.client.request("POST", "", payload)
         try:
             return reply["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError) as err:
-            raise RuntimeError(f"judge reply is not a chat completion: {str(reply)[:300]}") from err
+            raise RemoteError(f"judge reply is not a chat completion: {str(reply)[:300]}") from err
 
     def verdict(self, question: str, answer_a: str, answer_b: str) -> str | None:
         """`"A"`, `"B"`, `"tie"`, or `None` when the reply holds no verdict."""
@@ -241,9 +217,40 @@ def win_rate(outcomes: Sequence[float | None], *, seed: int = 0, n_boot: int = 2
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    from .replicate import DEFAULT_OUT, judge_run
+def judge_run(out: str | Path, judge, *, redo: bool = False) -> dict[str, dict]:
+    """Judge every evaluated arm against (a) on the held-out prompts; cached in `<out>/judge/<arm>.json`."""
+    out = Path(out)
+    prompts = json.loads((out / "prompts.json").read_text(encoding="utf-8"))
+    questions = {r["id"]: r["prompt"] for r in prompts["heldout"]}
+    evals = {p.parent.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted(out.glob("arms/*/eval.json"))}
+    if "a" not in evals:
+        raise FileNotFoundError(f"{out}: arm (a) has no eval.json yet; run the replication first")
+    baseline = {s["id"]: s["response"] for s in evals["a"]["samples"]}
+    seed = int(json.loads((out / "settings.json").read_text(encoding="utf-8"))["seed"])
+    results = {}
+    for arm, result in evals.items():
+        if arm == "a":
+            continue
+        path = out / "judge" / f"{arm}.json"
+        key = (judge.model, result["fingerprint"], evals["a"]["fingerprint"])
+        if not redo and path.is_file():
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if (cached["judge"]["model"], cached["fingerprint"], cached["baseline_fingerprint"]) == key:
+                results[arm] = cached
+                continue
+        ids = [s["id"] for s in result["samples"] if s["id"] in baseline]
+        candidates = {s["id"]: s["response"] for s in result["samples"]}
+        pairs = compare(judge, [questions[i] for i in ids], [candidates[i] for i in ids], [baseline[i] for i in ids],
+                        seed=seed)  # fmt: skip
+        results[arm] = {"judge": judge.describe(), "fingerprint": key[1], "baseline_fingerprint": key[2],
+                        **win_rate([p["outcome"] for p in pairs], seed=seed),
+                        "pairs": [{"id": i, **p} for i, p in zip(ids, pairs)]}  # fmt: skip
+        write_json(path, results[arm])
+        logger.info("arm (%s) vs (a): win rate %s", arm, results[arm]["win_rate"])
+    return results
 
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=DEFAULT_OUT, help="output directory of a replication run (%(default)s)")
     parser.add_argument("--redo", action="store_true", help="judge again even where a verdict file exists")

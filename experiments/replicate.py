@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import hashlib
 import importlib.util
 import json
 import logging
@@ -43,67 +42,17 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cme_reward.atomic import write_atomic
+from .settings import ARMS, DEFAULT_OUT, SMOKE, Settings, read_json, write_json
 
-__all__ = ["ARMS", "DEFAULT_OUT", "Settings", "judge_run", "load_prompts", "main", "run"]
+__all__ = ["load_prompts", "main", "run"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OUT = "outputs/replication"
-ARMS = {
-    "a": "untrained generator",
-    "b": "GRPO, scalar CME",
-    "c": "GRPO, dense CME (DenseGRPOTrainer)",
-    "d": "GRPO, self-likelihood (frozen copy of the generator)",
-    "e": "GRPO, verifier predictive entropy",
-}
 REWARD_NAMES = {"b": "cme", "c": "cme_dense", "d": "self_likelihood", "e": "verifier_entropy"}
 EMPTY_VALUE = -50.0  # the authors' score of an empty completion during training
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything that determines the numbers of a run (the cache key of each arm is a hash of these).
-
-    Args:
-        policy (`str`): the generator: an alias of a registry-package model (`"smollm2"`), hub id or directory.
-        verifier (`str`): the frozen verifier, as `policy` (`"gemma3-270m"`).
-        prompts (`str`, *optional*): a JSON Lines file of `{"prompt", "reference"?, "split"?}` rows; `None`: MT-Bench
-            first turns and the ShareGPT instructions shipped with it.
-        heldout (`int`): held-out prompts, never trained on (prompts with a reference answer are held out first).
-        seed (`int`): the seed of everything (data order, sampling, initial state).
-        steps, prompts_per_step, num_generations, max_completion_length, learning_rate, beta, temperature:
-            GRPO settings, the same for every trained arm.
-        eval_max_new_tokens, eval_temperature, eval_top_p, eval_batch_size: held-out sampling (one per prompt).
-    """
-
-    policy: str = "smollm2"
-    verifier: str = "gemma3-270m"
-    prompts: str | None = None
-    heldout: int = 40
-    seed: int = 0
-    steps: int = 40
-    prompts_per_step: int = 2
-    num_generations: int = 4
-    max_completion_length: int = 64
-    learning_rate: float = 2e-5
-    beta: float = 0.0
-    temperature: float = 1.0
-    eval_max_new_tokens: int = 64
-    eval_temperature: float = 0.7
-    eval_top_p: float = 0.9
-    eval_batch_size: int = 20
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
-
-
-SMOKE = {"heldout": 4, "steps": 2, "prompts_per_step": 2, "num_generations": 2, "max_completion_length": 8,
-         "eval_max_new_tokens": 8, "eval_batch_size": 4}  # fmt: skip
 
 
 # ---- data -----------------------------------------------------------------------------------------------------------
@@ -111,7 +60,7 @@ SMOKE = {"heldout": 4, "steps": 2, "prompts_per_step": 2, "num_generations": 2, 
 
 def _shipped_prompts() -> list[dict[str, Any]]:
     """MT-Bench first turns (GPT-4 references where shipped) and the unique first turns of the ShareGPT sample."""
-    from cme_reward.tools.assets import mtbench_questions, mtbench_reference_pairs
+    from cme_reward.data.mtbench import mtbench_questions, mtbench_reference_pairs
 
     references = {p["question_id"]: p["response"] for p in mtbench_reference_pairs()}
     rows = [{"id": f"mt{q['question_id']}", "prompt": q["turns"][0], "category": q["category"],
@@ -182,7 +131,7 @@ def _messages(prompt: str) -> list[dict[str, str]]:
 
 def load_policy(source: str):
     """(model, tokenizer) of a trainable float32 generator; aliases load the registry-package GGUF files."""
-    from cme_reward.tools.assets import load_trainable_policy
+    from cme_reward.training.policy import load_trainable_policy
 
     return load_trainable_policy(source)
 
@@ -228,22 +177,6 @@ class _Monitor:
 
 
 # ---- one arm --------------------------------------------------------------------------------------------------------
-
-
-def _write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-
-
-def _read_json(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """A cached result, or `None` when missing, unreadable or made with other settings."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if data.get("fingerprint") != fingerprint:
-        logger.info("%s was made with other settings: redoing it", path)
-        return None
-    return data
 
 
 def train_arm(arm: str, settings: Settings, train_rows: list[dict], verifier: _Verifier, arm_dir: Path):
@@ -319,7 +252,7 @@ def train_arm(arm: str, settings: Settings, train_rows: list[dict], verifier: _V
     record = {
         "arm": arm, "reward": name, "steps": steps, "policy_load_seconds": policy_seconds,
         "train_seconds": train_seconds, "step_seconds": sum(clock.seconds),
-        "reward_stats": dict(reward.stats), "monitor_seconds": monitor.seconds if monitor else 0.0,
+        "reward_stats": dataclasses.asdict(reward.stats), "monitor_seconds": monitor.seconds if monitor else 0.0,
     }  # fmt: skip
     return record, trainer.model, tokenizer
 
@@ -383,7 +316,7 @@ def evaluate(model, tokenizer, heldout: list[dict], settings: Settings, verifier
 def run_arm(arm: str, settings: Settings, data: tuple[list, list], verifier: _Verifier, out: Path) -> dict:
     """Train (unless cached) and evaluate (unless cached) one arm; returns its eval record."""
     fingerprint, arm_dir = settings.fingerprint(), out / "arms" / arm
-    cached = _read_json(arm_dir / "eval.json", fingerprint)
+    cached = read_json(arm_dir / "eval.json", fingerprint)
     if cached is not None:
         logger.info("arm (%s) %s: cached", arm, ARMS[arm])
         return cached
@@ -391,10 +324,10 @@ def run_arm(arm: str, settings: Settings, data: tuple[list, list], verifier: _Ve
     logger.info("arm (%s) %s", arm, ARMS[arm])
     model, load_seconds = None, 0.0
     if arm != "a":
-        record = _read_json(arm_dir / "train.json", fingerprint)
+        record = read_json(arm_dir / "train.json", fingerprint)
         if record is None or not (arm_dir / "policy").is_dir():
             record, model, tokenizer = train_arm(arm, settings, train, verifier, arm_dir)
-            _write_json(arm_dir / "train.json", {"fingerprint": fingerprint, **record})
+            write_json(arm_dir / "train.json", {"fingerprint": fingerprint, **record})
     if model is None:  # (a), or a trained arm resumed after its training
         start = time.perf_counter()
         model, tokenizer = load_policy(settings.policy if arm == "a" else str(arm_dir / "policy"))
@@ -402,63 +335,28 @@ def run_arm(arm: str, settings: Settings, data: tuple[list, list], verifier: _Ve
     result = {"fingerprint": fingerprint, "arm": arm, "load_seconds": load_seconds,
               "parameters": model.num_parameters(), "verifier_parameters": verifier.parameters(),
               **evaluate(model, tokenizer, heldout, settings, verifier)}  # fmt: skip
-    _write_json(arm_dir / "eval.json", result)
+    write_json(arm_dir / "eval.json", result)
     return result
 
 
 # ---- the run --------------------------------------------------------------------------------------------------------
 
 
-def judge_run(out: str | Path, judge, *, redo: bool = False) -> dict[str, dict]:
-    """Judge every evaluated arm against (a) on the held-out prompts; cached in `<out>/judge/<arm>.json`."""
-    from .judge import compare, win_rate
-
-    out = Path(out)
-    prompts = json.loads((out / "prompts.json").read_text(encoding="utf-8"))
-    questions = {r["id"]: r["prompt"] for r in prompts["heldout"]}
-    evals = {p.parent.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted(out.glob("arms/*/eval.json"))}
-    if "a" not in evals:
-        raise FileNotFoundError(f"{out}: arm (a) has no eval.json yet; run the replication first")
-    baseline = {s["id"]: s["response"] for s in evals["a"]["samples"]}
-    seed = int(json.loads((out / "settings.json").read_text(encoding="utf-8"))["seed"])
-    results = {}
-    for arm, result in evals.items():
-        if arm == "a":
-            continue
-        path = out / "judge" / f"{arm}.json"
-        key = (judge.model, result["fingerprint"], evals["a"]["fingerprint"])
-        if not redo and path.is_file():
-            cached = json.loads(path.read_text(encoding="utf-8"))
-            if (cached["judge"]["model"], cached["fingerprint"], cached["baseline_fingerprint"]) == key:
-                results[arm] = cached
-                continue
-        ids = [s["id"] for s in result["samples"] if s["id"] in baseline]
-        candidates = {s["id"]: s["response"] for s in result["samples"]}
-        pairs = compare(judge, [questions[i] for i in ids], [candidates[i] for i in ids], [baseline[i] for i in ids],
-                        seed=seed)  # fmt: skip
-        results[arm] = {"judge": judge.describe(), "fingerprint": key[1], "baseline_fingerprint": key[2],
-                        **win_rate([p["outcome"] for p in pairs], seed=seed),
-                        "pairs": [{"id": i, **p} for i, p in zip(ids, pairs)]}  # fmt: skip
-        _write_json(path, results[arm])
-        logger.info("arm (%s) vs (a): win rate %s", arm, results[arm]["win_rate"])
-    return results
-
-
 def run(settings: Settings, out: str | Path, *, arms: list[str], keep_policies: bool = False) -> dict[str, dict]:
     """Run (or resume) every arm in order, then judge when `CME_JUDGE_URL` is set; returns the eval records."""
-    from .judge import ChatJudge
+    from .judge import ChatJudge, judge_run
 
     out = Path(out)
     import torch
 
     session = {"start": time.time(), "arms": [], "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                "cuda": torch.cuda.is_available()}  # fmt: skip
-    runs = _read_json(out / "run.json", settings.fingerprint()) or {"fingerprint": settings.fingerprint(),
+    runs = read_json(out / "run.json", settings.fingerprint()) or {"fingerprint": settings.fingerprint(),
                                                                      "sessions": []}  # fmt: skip
     runs["sessions"].append(session)
-    _write_json(out / "settings.json", {**dataclasses.asdict(settings), "fingerprint": settings.fingerprint()})
+    write_json(out / "settings.json", {**dataclasses.asdict(settings), "fingerprint": settings.fingerprint()})
     train, heldout = load_prompts(settings)
-    _write_json(out / "prompts.json", {"train": train, "heldout": heldout})
+    write_json(out / "prompts.json", {"train": train, "heldout": heldout})
     verifier = _Verifier(settings.verifier)
     results = {}
     for arm in arms:
@@ -467,13 +365,13 @@ def run(settings: Settings, out: str | Path, *, arms: list[str], keep_policies: 
             shutil.rmtree(out / "arms" / arm / "policy", ignore_errors=True)
         session["arms"].append(arm)
         session.update(end=time.time(), verifier_load_seconds=verifier.load_seconds)
-        _write_json(out / "run.json", runs)
+        write_json(out / "run.json", runs)
         gc.collect()
     judge = ChatJudge.from_env()
     if judge is not None and "a" in results:
         judge_run(out, judge)
     session["end"] = time.time()
-    _write_json(out / "run.json", runs)
+    write_json(out / "run.json", runs)
     return results
 
 

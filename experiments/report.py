@@ -18,9 +18,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cme_reward.atomic import write_atomic
+from cme_reward.files.atomic import write_atomic
 
 from .metrics import bootstrap_ci
+from .settings import ARMS, DEFAULT_OUT, Settings
 
 __all__ = ["load_run", "render", "write_report"]
 
@@ -60,8 +61,6 @@ def _f(value: Any, digits: int = 3) -> str:
 
 
 def _is_default(settings: dict) -> bool:
-    from .replicate import Settings
-
     sizes = {k: v for k, v in vars(Settings()).items() if k not in ("policy", "verifier", "prompts")}
     return all(settings.get(k) == v for k, v in sizes.items())
 
@@ -157,8 +156,6 @@ def _quarter_trend(steps: list[dict], key: str) -> tuple[float | None, float | N
 
 def render(data: dict, images: list[str] | None = None) -> str:
     """The report's Markdown from `load_run` output (no file access)."""
-    from .replicate import ARMS
-
     st, arms, runs = data["settings"], data["arms"], data["runs"] or {}
     seed = int(st["seed"])
     evals = {k: v["eval"] for k, v in arms.items() if v.get("eval")}
@@ -461,8 +458,6 @@ def write_report(run: str | Path, out: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .replicate import DEFAULT_OUT
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=DEFAULT_OUT, help="output directory of a replication run (%(default)s)")
     parser.add_argument("--out", default="docs/replication.md", help="the Markdown report (%(default)s)")

@@ -1,5 +1,5 @@
 """Shared fixtures and helpers: tiny verifiers saved to disk (no hub), a loaded reward, the reloaded model and
-tokenizer for reference computations, and JSON Lines read/write helpers (``from conftest import write_jsonl``)."""
+tokenizer for reference computations, and JSON Lines read/write helpers (`from conftest import write_jsonl`)."""
 
 from __future__ import annotations
 

@@ -15,9 +15,9 @@ from tiny_models import CORPUS, build_tokenizer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from cme_reward import token_spans
-from cme_reward.alignment import dense_values
-from cme_reward.token_spans import token_byte_spans
+from cme_reward.alignment import token_spans
+from cme_reward.alignment.token_spans import token_byte_spans
+from cme_reward.alignment.transfer import dense_values
 
 FAST = settings(max_examples=150, deadline=None)
 TOKENIZED = settings(max_examples=60, deadline=None)  # tokenizer calls: fewer examples
@@ -337,7 +337,7 @@ def test_fallbacks_warn_once(caplog, monkeypatch):
     tok = build_wordpiece_tokenizer()
     text = "the quick fox, café"
     ids = tok(text, add_special_tokens=False).input_ids + [tok.eos_token_id]
-    with caplog.at_level(logging.WARNING, logger="cme_reward.token_spans"):
+    with caplog.at_level(logging.WARNING, logger="cme_reward.alignment.token_spans"):
         # `##` pieces do not spell the text; ids are its tokenization: the tokenizer's offsets, in bytes
         spans = token_byte_spans(tok, ids, text)
         token_byte_spans(tok, ids, text)
@@ -352,7 +352,7 @@ def test_fallbacks_warn_once(caplog, monkeypatch):
     size = len(other.encode("utf-8"))
     assert spans[0][0] == 0 and spans[-1] == (size, size)
     assert all(a[1] == b[0] and a[0] <= a[1] for a, b in zip(spans, spans[1:]))
-    messages = [r.getMessage() for r in caplog.records if r.name == "cme_reward.token_spans"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "cme_reward.alignment.token_spans"]
     assert len(messages) == 2 and "offset mapping" in messages[0] and "proportionally" in messages[1]
 
 

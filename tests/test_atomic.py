@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from cme_reward import atomic
-from cme_reward.atomic import fsync_dir, write_atomic
+from cme_reward.files import atomic
+from cme_reward.files.atomic import fsync_dir, write_atomic
 
 
 @pytest.mark.parametrize(("data", "expected"), [("Grüße\n", "Grüße\n".encode()), (b"\x00\xff", b"\x00\xff")])

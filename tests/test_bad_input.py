@@ -14,7 +14,7 @@ import pytest
 from tiny_models import save_verifier
 
 from cme_reward import CrossModelEntropyReward
-from cme_reward.tools.cli import main
+from cme_reward.cli.main import main
 
 DOC = Path(__file__).parent.parent / "docs" / "bad-input.md"
 LONG = "The sea is blue and deep and wide. " * 40  # > 64 tokens: longer than the verifier's context below

@@ -1,14 +1,15 @@
-"""The ``cme-reward`` parser and ``main``: flags bound to dataclass fields, usage errors, exit codes, subcommands
-that delegate (``demo``)."""
+"""The `cme-reward` parser and `main`: flags bound to dataclass fields, usage errors, exit codes, subcommands
+that delegate (`demo`)."""
 
 from __future__ import annotations
 
 import pytest
 
 from cme_reward import CMEConfig, VerifierSpec
+from cme_reward.cli import demo
+from cme_reward.cli.flags import CONFIG_FLAGS, VERIFIER_FLAGS, spec_and_config
+from cme_reward.cli.main import build_parser, main
 from cme_reward.config import REDUCTIONS
-from cme_reward.tools import demo
-from cme_reward.tools.cli import CONFIG_FLAGS, VERIFIER_FLAGS, build_parser, main, spec_and_config
 
 
 def test_every_flag_maps_to_a_dataclass_field():

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from cme_reward import CMEConfig, VerifierSpec
-from cme_reward.tools.demo import format_report, format_table, run_demo, score_reference_pairs, shuffle_words
+from cme_reward.cli.demo import format_report, format_table, run_demo, score_reference_pairs, shuffle_words
 from cme_reward.types import TokenScores
 
 needs_mtbench = pytest.mark.skipif(

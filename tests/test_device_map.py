@@ -14,6 +14,6 @@ def test_offloaded_verifier_scores_like_the_plain_one(qwen_dir, tmp_path):
     plain = CrossModelEntropyReward(qwen_dir)
     kwargs = {"device_map": OFFLOADED, "offload_folder": str(tmp_path)}
     dispatched = CrossModelEntropyReward(qwen_dir, model_kwargs=kwargs)
-    assert dispatched.model.hf_device_map["lm_head"] == "disk" and not dispatched.engine.split_head
+    assert dispatched.model.hf_device_map["lm_head"] == "disk" and not dispatched.scorer.split_head
     prompts, responses = ["Hello there", "2 + 2 =", "2 + 2 ="], [" friend of mine", " 4", " four"]
     assert dispatched.score(prompts, responses) == pytest.approx(plain.score(prompts, responses), abs=1e-5)

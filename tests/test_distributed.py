@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch.distributed as dist
 from tiny_models import save_verifier
+from torchrun import torchrun
 
 from cme_reward import CrossModelEntropyReward
 
@@ -22,41 +17,6 @@ pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("dist_grpo_worker.py")
 NPROC = 2
 TIMEOUT_S = 75  # the whole module must stay under 90 s on 2 shared cores
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def descendants(pid: int) -> list[int]:
-    """Ids of the processes below `pid` (Linux /proc; empty elsewhere)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-        for child in children:
-            found += [child, *descendants(child)]
-    return found
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End a hung torchrun and its workers (which torchrun starts in their own sessions): SIGTERM to torchrun, which
-    tears its workers down, then SIGKILL to whatever of them is left, each by its id."""
-    workers = descendants(proc.pid)
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    for pid in workers:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def key(prompt, completion) -> str:
@@ -70,36 +30,13 @@ def close(a: float | None, b: float | None, tol: float = 1e-5) -> bool:
 @pytest.fixture(scope="module")
 def dist_run(tmp_path_factory):
     """Launch the worker under torchrun once; returns (verifier dir, {rank: calls}, {rank: summary})."""
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("torch.distributed with the gloo backend is not available in this torch build")
     root = tmp_path_factory.mktemp("dist")
     verifier = save_verifier(root / "verifier", "qwen2", seed=0)
     policy = save_verifier(root / "policy", "llama", seed=7, bos=False)  # own tokenizer settings, own weights
     out = root / "out"
     out.mkdir()
-    env = {
-        **os.environ,
-        "CUDA_VISIBLE_DEVICES": "",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-    }
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  # in case pytest runs under one
-        env.pop(name, None)
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(NPROC),
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        str(WORKER), "--policy", str(policy), "--verifier", str(verifier), "--out", str(out),
-        "--workdir", str(root / "work"),
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        stop(proc)
-        output, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {TIMEOUT_S} s; output tail:\n{output[-6000:]}")
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}); output tail:\n{output[-6000:]}"
+    args = ["--policy", str(policy), "--verifier", str(verifier), "--out", str(out), "--workdir", str(root / "work")]
+    torchrun(WORKER, args, nproc=NPROC, timeout=TIMEOUT_S)
     calls = {r: json.loads((out / f"calls_rank{r}.json").read_text()) for r in range(NPROC)}
     summaries = {r: json.loads((out / f"summary_rank{r}.json").read_text()) for r in range(NPROC)}
     return verifier, calls, summaries

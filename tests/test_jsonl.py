@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import write_jsonl
 
-from cme_reward.tools.jsonl import encode_row, finite, input_fingerprint
+from cme_reward.files.jsonl import encode_row, finite, input_fingerprint
 
 
 def test_encode_row_strict_json():

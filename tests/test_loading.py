@@ -13,7 +13,7 @@ from tiny_models import load_tokenizer
 from transformers import AutoModelForCausalLM
 
 from cme_reward import CrossModelEntropyReward, VerifierSpec
-from cme_reward.loading import context_size, load_verifier, resolve_device, resolve_dtype, split_gguf
+from cme_reward.verifier.loading import context_size, load_verifier, resolve_device, resolve_dtype, split_gguf
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cme_reward.tools.numbers import format_number
+from cme_reward.cli.numbers import format_number
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import re
 import pytest
 from conftest import write_jsonl
 
-from cme_reward.tools.pairs import load_pairs
-from cme_reward.tools.readers import InputError
+from cme_reward.errors import InputError
+from cme_reward.files.pairs import load_pairs
 
 GOOD = '{"prompt": "p", "response": "r"}\n'
 

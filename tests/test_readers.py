@@ -7,7 +7,8 @@ import csv
 import pytest
 from conftest import write_jsonl
 
-from cme_reward.tools.readers import InputError, iter_records, json_type, read_records
+from cme_reward.errors import InputError
+from cme_reward.files.readers import iter_records, json_type, read_records
 
 GOOD = '{"prompt": "p", "response": "r"}\n'
 

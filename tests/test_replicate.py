@@ -235,10 +235,10 @@ def test_a_position_biased_judge_gives_about_half(fake_judge):
 
 def test_judge_retries_then_fails_clearly(fake_judge):
     server = fake_judge(fail=2)
-    judge = ChatJudge(server.url, model="m", retries=2, backoff=0.0)
+    judge = ChatJudge(server.url, model="m", max_retries=2, backoff=0.0)
     assert judge.verdict("q", "GOOD", "bad") == "A"
     assert len(server.requests) == 3
-    judge = ChatJudge(fake_judge(fail=5, fail_status=400).url, model="m", retries=3, backoff=0.0)
+    judge = ChatJudge(fake_judge(fail=5, fail_status=400).url, model="m", max_retries=3, backoff=0.0)
     with pytest.raises(RuntimeError, match="HTTP 400"):
         judge.verdict("q", "a", "b")
     pairs = compare(ChatJudge(fake_judge(mode="garbage").url, model="m"), ["q"], ["a"], ["b"])

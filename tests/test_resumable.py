@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cme_reward.tools.jsonl import encode_row
-from cme_reward.tools.resumable import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, ResumableWriter
+from cme_reward.errors import CheckpointError
+from cme_reward.files.jsonl import encode_row
+from cme_reward.files.resumable import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, ResumableWriter
 
 FINGERPRINT = {"path": "/data/in.jsonl", "size": 10, "sha256": "ab" * 32}
 OPTIONS = {"verifier": "v", "dtype": "auto", "per_token": False}

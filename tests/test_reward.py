@@ -94,8 +94,8 @@ def test_config_and_name_are_checked(unloaded, qwen_dir):
 
 
 def test_engine_runs_the_reward_config(reward):
-    assert reward.engine.config is reward.config
-    assert reward.config.max_tokens_per_batch == reward.engine.budget == 256
+    assert reward.scorer.config is reward.config
+    assert reward.config.max_tokens_per_batch == reward.scorer.budget == 256
     assert reward.spec == VerifierSpec(reward.spec.source)
 
 
@@ -200,10 +200,10 @@ def test_scores_do_not_depend_on_batch_order_or_size(qwen_dir, reward):
 
 def test_packing_gives_the_same_scores(qwen_dir, reward):
     packed = CrossModelEntropyReward(qwen_dir, pack_tokens=48)
-    assert packed.engine.pack_tokens == 48
+    assert packed.scorer.pack_tokens == 48
     prompts, responses = [p for p, _ in TEXT_PAIRS], [r for _, r in TEXT_PAIRS]
     assert packed.score(prompts, responses) == pytest.approx(reward.score(prompts, responses), abs=1e-5)
-    assert packed.engine.stats.padded_tokens == packed.engine.stats.tokens_forward  # packed rows have no padding
+    assert packed.scorer.stats.padded_tokens == packed.scorer.stats.tokens_forward  # packed rows have no padding
 
 
 def test_score_tokens_returns_tokens_and_logprobs(reward, disk):
@@ -301,7 +301,7 @@ def test_extra_kwargs_are_ignored(reward):
     assert metrics["cross_model_entropy/verifier_tokens"] > 0
     assert metrics["cross_model_entropy/verifier_seconds"] >= 0
     assert reward(prompts=["a"], completions=["x"]) == scores[:1]  # completion_ids is optional
-    assert reward.stats["tokens_forward"] > 0 and reward.stats["tokens_scored"] > 0 and reward.stats["seconds"] > 0
+    assert reward.stats.tokens_forward > 0 and reward.stats.tokens_scored > 0 and reward.stats.seconds > 0
 
 
 def test_verifier_is_frozen(reward):
@@ -376,14 +376,14 @@ def test_lone_surrogates_are_scored(reward):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_logits_are_caught(qwen_dir, bad, monkeypatch, caplog):
     reward = CrossModelEntropyReward(qwen_dir)
-    real = reward.engine._logprobs
+    real = reward.scorer._logprobs
 
     def poisoned(hidden, targets):  # every head pass yields one non-finite log-prob, like a float16 overflow
         logprobs = real(hidden, targets).clone()
         logprobs[0] = bad
         return logprobs
 
-    monkeypatch.setattr(reward.engine, "_logprobs", poisoned)
+    monkeypatch.setattr(reward.scorer, "_logprobs", poisoned)
     with pytest.raises(FloatingPointError, match="non-finite"):
         reward.score(["Hi"], [" there"])
     with caplog.at_level(logging.WARNING):
@@ -406,11 +406,11 @@ def test_random_unicode_matches_reference(reward, disk, pairs, repeats, budget):
     model, tok = disk
     prompts = [p for p, _ in pairs] * repeats  # repeated prompts exercise prefix sharing and dedup
     responses = [r for _, r in pairs] * repeats
-    reward.engine.budget = budget
+    reward.scorer.budget = budget
     try:
         scores = reward.score(prompts, responses)
     finally:
-        reward.engine.budget = reward.config.max_tokens_per_batch  # the session's reward: leave it as it was
+        reward.scorer.budget = reward.config.max_tokens_per_batch  # the session's reward: leave it as it was
     for p, r, s in zip(prompts, responses, scores):
         resp = tok(r, add_special_tokens=False).input_ids
         if not resp:

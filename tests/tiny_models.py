@@ -1,6 +1,6 @@
 """Offline builders for tiny verifiers: random-init Qwen2 / Llama models and byte-level BPE tokenizers.
 
-Nothing here touches the Hugging Face hub. Models and tokenizers are saved with ``save_pretrained`` and meant to be
+Nothing here touches the Hugging Face hub. Models and tokenizers are saved with `save_pretrained` and meant to be
 loaded back by path, exactly as a user would.
 """
 
@@ -64,7 +64,7 @@ def build_tokenizer(vocab_size: int = 400, *, bos: bool = True, chat_template: b
 
 
 def build_model(arch: str, vocab_size: int, *, seed: int = 0, hidden: int = 32, layers: int = 2, max_pos: int = 512):
-    """A tiny random-init causal LM of the given architecture (``"qwen2"``, ``"llama"`` or ``"gemma3"``)."""
+    """A tiny random-init causal LM of the given architecture (`"qwen2"`, `"llama"` or `"gemma3"`)."""
     torch.manual_seed(seed)
     common = dict(
         vocab_size=vocab_size,
@@ -99,7 +99,7 @@ def build_model(arch: str, vocab_size: int, *, seed: int = 0, hidden: int = 32, 
 def save_verifier(
     path: Path, arch: str = "qwen2", *, seed: int = 0, bos: bool = True, chat_template: bool = True, max_pos: int = 512
 ) -> Path:
-    """Build a tiny verifier + tokenizer and save both to ``path``; returns ``path``."""
+    """Build a tiny verifier + tokenizer and save both to `path`; returns `path`."""
     tok = build_tokenizer(bos=bos, chat_template=chat_template)
     model = build_model(arch, len(tok), seed=seed, max_pos=max_pos)
     model.config.pad_token_id = tok.pad_token_id

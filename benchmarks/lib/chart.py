@@ -7,7 +7,7 @@ import io
 import logging
 from pathlib import Path
 
-from cme_reward.atomic import write_atomic
+from cme_reward.files.atomic import write_atomic
 
 from .methods import display_name
 from .report import own_peak_fraction

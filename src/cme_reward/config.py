@@ -6,12 +6,12 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from .alignment import ALIGNMENTS
+from .alignment.transfer import ALIGNMENTS
 
 if TYPE_CHECKING:
-    from .spans import SpanRule
+    from .scoring.spans import SpanRule
 
-__all__ = ["ALIGNMENTS", "METRICS", "REDUCTIONS", "CMEConfig"]
+__all__ = ["METRICS", "REDUCTIONS", "CMEConfig"]
 
 METRICS = ("logprob", "entropy")
 REDUCTIONS = ("mean", "sum", "min", "perplexity", "quantile")
@@ -26,7 +26,7 @@ def _is_real(value: Any) -> bool:
 
 
 def _span_problem(rule: Any) -> str | None:
-    from .spans import check_span_rule
+    from .scoring.spans import check_span_rule
 
     try:
         check_span_rule(rule)

@@ -10,12 +10,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .config import CMEConfig
-from .formatting import check_batch, token_strings
-from .loading import load_tokenizer
-from .pipeline import Scored, ScoringPipeline
-from .scoring import policy_values
+from .scoring.formatting import check_batch, token_strings
+from .scoring.pipeline import Scored, ScoringPipeline
+from .scoring.scores import policy_values
 from .types import TokenScores
-from .verifier import VerifierSpec
+from .verifier.loading import load_tokenizer
+from .verifier.spec import VerifierSpec
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -112,14 +112,14 @@ class CrossModelEntropyReward:
         self.pipeline = ScoringPipeline(self.spec, self.config)
 
     # the loaded verifier, as attributes of the reward
-    model = property(lambda self: self.pipeline.model)
+    model = property(lambda self: self.pipeline.model)  # None with backend="vllm"
     tokenizer = property(lambda self: self.pipeline.tokenizer)
-    engine = property(lambda self: self.pipeline.engine)
+    scorer = property(lambda self: self.pipeline.scorer)  # the in-process ScoringEngine or a VLLMBackend
     encoder = property(lambda self: self.pipeline.encoder)
     device = property(lambda self: self.pipeline.device)
     dtype = property(lambda self: self.pipeline.dtype)
     max_length = property(lambda self: self.pipeline.max_length)
-    stats = property(lambda self: self.pipeline.stats)
+    stats = property(lambda self: self.pipeline.stats)  # ScorerStats: the verifier's cumulative cost
 
     # ---- pickling: rebuild the verifier from its source --------------------------------------------------------
 

@@ -1,21 +1,8 @@
-"""Scoring backends that run the verifier outside this process.
+"""Building a scorer (`factory.load_scorer`, for either backend) and the scorers that run the verifier outside this
+process: [`VLLMBackend`] (`cme_reward.backends.vllm`), a `vllm serve` process whose per-token log-probs come from
+`POST /v1/completions` with `prompt_logprobs`. The in-process scorer is `cme_reward.engine.ScoringEngine`; both
+implement `cme_reward.scorer.Scorer`."""
 
-- [`VLLMBackend`] (`cme_reward.backends.vllm`): a `vllm serve` process (OpenAI-compatible server); per-token log-probs
-  come from `POST /v1/completions` with `prompt_logprobs`. Needs the `vllm` extra (`pip install "cme-reward[vllm]"`).
+from .vllm import VLLMBackend
 
-Backends are imported lazily: importing this package does not import their optional dependencies.
-"""
-
-from __future__ import annotations
-
-from typing import Any
-
-__all__ = ["VLLMBackend", "VLLMRequestError", "VLLMStats"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from . import vllm
-
-        return getattr(vllm, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["VLLMBackend"]

@@ -3,26 +3,26 @@
 Each `(context_ids, response_ids)` pair is scored from vLLM's `prompt_logprobs` of the token-id prompt
 `context + response` (the protocol: `cme_reward.backends.vllm_protocol`).
 
-Requests carry at most `pairs_per_request` prompts and `tokens_per_request` prompt tokens; up to `max_concurrency` of
-them are in flight at once over one reused connection pool (a sync `httpx.Client` driven by a thread pool, so scoring
-also works from a thread whose event loop is running, e.g. TRL's async reward path). Connection errors, timeouts, HTTP
-5xx and 429 are retried (`cme_reward.backends.http`); other 4xx answers raise at once with the server's message.
+Requests carry at most `pairs_per_request` prompts (and `max_rows`, when a call gives it) and `tokens_per_request`
+prompt tokens; up to `max_concurrency` of them are in flight at once over one pooled [`JSONClient`] driven by a thread
+pool, so scoring also works from a thread whose event loop is running (e.g. TRL's async reward path). Retries follow
+the library's one rule (`cme_reward.http`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .http import VLLMRequestError, normalize_base_url, open_client, request_json, require_httpx
+from ..errors import RemoteError
+from ..http import JSONClient, check_url
+from ..scorer import Capabilities, Pair, ScorerStats
 from .vllm_protocol import (
     check_model_len,
     check_tokenization,
@@ -34,34 +34,36 @@ from .vllm_protocol import (
     unique_pairs,
 )
 
-__all__ = ["VLLMBackend", "VLLMRequestError", "VLLMStats"]
+__all__ = ["VLLMBackend", "normalize_base_url"]
 
 logger = logging.getLogger(__name__)
 
-Pair = tuple[Sequence[int], Sequence[int]]  # (context ids, response ids); context non-empty
 
+def normalize_base_url(base_url: Any) -> str:
+    """A vLLM server root: `http(s)://host[:port]`, with an optional trailing `/` or `/v1`, -> `http(s)://host[:port]`.
 
-@dataclass
-class VLLMStats:
-    """Cumulative cost of a [`VLLMBackend`]."""
+    Example:
 
-    requests: int = 0  # scoring requests answered (POST /v1/completions)
-    retries: int = 0  # attempts sent again after a connection error, timeout, 5xx or 429 (probes included)
-    prompt_tokens: int = 0  # prompt tokens sent for scoring: every prompt's whole context + response
-    tokens_scored: int = 0  # response tokens whose log-probs came back
-    seconds: float = 0.0  # wall time spent in `score`
-
-    @property
-    def tokens_forward(self) -> int:
-        """Tokens the verifier ran (the engine's name): vLLM recomputes each prompt's whole prefill."""
-        return self.prompt_tokens
+    ```python
+    >>> normalize_base_url("http://127.0.0.1:8000/v1/")
+    'http://127.0.0.1:8000'
+    ```
+    """
+    url = check_url(base_url, "base_url")
+    path = url.partition("://")[2].partition("/")[2]
+    if path not in ("", "v1"):
+        raise ValueError(
+            f"`base_url` {base_url!r} is not a server root; allowed: 'http(s)://host[:port]', optionally ending in "
+            "'/' or '/v1'"
+        )
+    return url.removesuffix("/v1")
 
 
 class VLLMBackend:
-    r"""Scores token-id pairs with a verifier served by `vllm serve` (the same contract as the in-process engine).
+    r"""The vLLM [`Scorer`](cme_reward.scorer.Scorer): scores token-id pairs with a verifier served by `vllm serve`.
 
     Entropy is not available: `prompt_logprobs` returns the actual token's log-prob (and a top-k), never the full
-    distribution, so `supports_entropy` is `False`.
+    distribution, so `capabilities.entropy` is `False`.
 
     Args:
         base_url (`str`): server root, `http(s)://host[:port]`; a trailing `/` or `/v1` is accepted.
@@ -70,13 +72,13 @@ class VLLMBackend:
         api_key (`str`, *optional*): sent as `Authorization: Bearer <api_key>` (`vllm serve --api-key`).
         timeout (`float`, defaults to `120.0`): seconds for one HTTP request.
         max_concurrency (`int`, defaults to `8`): requests in flight at once (and pooled connections).
-        max_retries (`int`, defaults to `4`): retries after a connection error, timeout, HTTP 5xx or 429; the request
-            is tried `max_retries + 1` times in all.
+        max_retries (`int`, defaults to `4`): retries after the first try (`cme_reward.http`: connection errors,
+            timeouts, HTTP 408/425/429/502/503/504).
         pairs_per_request (`int`, defaults to `16`): prompts per request (vLLM caps a prompt list at
             `VLLM_MAX_COMPLETION_PROMPTS`, 1024 by default).
-        tokens_per_request (`int`, defaults to `32768`): prompt tokens per request (a longer pair goes alone).
-        backoff (`float`, defaults to `0.5`): first retry delay in seconds; doubled each retry (at most 30 s), times a
-            random factor in [0.5, 1], and at least the server's `Retry-After`.
+        tokens_per_request (`int`, defaults to `8192`): prompt tokens per request (a longer pair goes alone); the
+            reward passes its `max_tokens_per_batch`.
+        backoff (`float`, defaults to `0.5`): first retry delay in seconds, doubled each retry.
 
     Example:
 
@@ -95,8 +97,6 @@ class VLLMBackend:
     ```
     """
 
-    supports_entropy = False  # prompt_logprobs carry no full distribution: metric="entropy" is not available
-
     def __init__(
         self,
         base_url: str,
@@ -107,67 +107,39 @@ class VLLMBackend:
         max_concurrency: int = 8,
         max_retries: int = 4,
         pairs_per_request: int = 16,
-        tokens_per_request: int = 32768,
+        tokens_per_request: int = 8192,
         backoff: float = 0.5,
     ):
-        require_httpx()  # fail now, not at the first score
-        self.base_url = normalize_base_url(base_url)
-        for name, value, low in (
-            ("max_concurrency", max_concurrency, 1),
-            ("max_retries", max_retries, 0),
-            ("pairs_per_request", pairs_per_request, 1),
-            ("tokens_per_request", tokens_per_request, 1),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"`{name}` must be an int, got {value!r}")
-            if value < low:
-                raise ValueError(f"`{name}` must be >= {low}, got {value}")
-        for name, value, zero_ok in (("timeout", timeout, False), ("backoff", backoff, True)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise TypeError(f"`{name}` must be a number of seconds, got {value!r}")
-            if not math.isfinite(value) or value < 0 or value == 0 and not zero_ok:
-                bound = ">= 0" if zero_ok else "> 0"
-                raise ValueError(f"`{name}` must be a finite number of seconds {bound}, got {value}")
-        for name, value in (("model", model), ("api_key", api_key)):
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ValueError(f"`{name}` must be a non-empty string or None, got {value!r}")
+        for name, value in (("max_concurrency", max_concurrency), ("pairs_per_request", pairs_per_request),
+                            ("tokens_per_request", tokens_per_request)):  # fmt: skip
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise ValueError(f"`model` must be a non-empty string or None, got {model!r}")
+        self.client = JSONClient(
+            normalize_base_url(base_url), api_key=api_key, timeout=timeout, max_retries=max_retries,
+            backoff=backoff, max_connections=max_concurrency, name="the vLLM server",
+        )  # fmt: skip
+        self.base_url = self.client.base_url
         self.model = model
-        self.api_key = api_key
-        self.timeout = float(timeout)
         self.max_concurrency = max_concurrency
-        self.max_retries = max_retries
         self.pairs_per_request = pairs_per_request
         self.tokens_per_request = tokens_per_request
-        self.backoff = float(backoff)
         self.served_model: str | None = None  # resolved by `check` (or the first `score`)
         self.max_model_len: int | None = None  # from GET /v1/models, when the server says
-        self.stats = VLLMStats()
-        self._client = None
+        self.capabilities = Capabilities(entropy=False)
+        self.stats = ScorerStats()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_url!r}, model={self.served_model or self.model!r})"
 
-    # ---- HTTP ---------------------------------------------------------------------------------------------------
-
-    def _get_client(self):
-        with self._lock:
-            if self._client is None:
-                self._client = open_client(
-                    api_key=self.api_key, timeout=self.timeout, max_connections=self.max_concurrency
-                )
-            return self._client
+    def _request(self, method: str, path: str, payload: dict | None = None) -> Any:
+        return self.client.request(method, path, payload, on_retry=self._count_retry)
 
     def _count_retry(self) -> None:
         with self._lock:
             self.stats.retries += 1
-
-    def _request(self, method: str, path: str, payload: dict | None = None) -> Any:
-        """One JSON request with retries; returns the decoded answer."""
-        return request_json(
-            self._get_client(), method, self.base_url, path, payload,
-            max_retries=self.max_retries, backoff=self.backoff, on_retry=self._count_retry,
-        )  # fmt: skip
 
     # ---- probing ------------------------------------------------------------------------------------------------
 
@@ -176,6 +148,8 @@ class VLLMBackend:
         chosen, self.max_model_len = choose_model(answer, base_url=self.base_url, model=self.model,
                                                   expected_model=expected_model)  # fmt: skip
         self.served_model = chosen
+        if self.max_model_len:
+            self.capabilities = Capabilities(entropy=False, max_length=self.max_model_len - 1)  # one slot to sample
         return chosen
 
     def check(self, tokenizer: Any, expected_model: str | None = None) -> str:
@@ -192,15 +166,15 @@ class VLLMBackend:
 
         Raises:
             `ValueError`: `model` not served, the verifier not served, several models and none chosen, or the server's
-            tokenizer differs from the local one (checked on a probe text through vLLM's `POST /tokenize`).
-            `ConnectionError`: the server did not answer.
+                tokenizer differs from the local one (checked on a probe text through vLLM's `POST /tokenize`).
+            `UnreachableError`: the server did not answer.
         """
         model = self._pick_model(expected_model)
         probe = probe_text(tokenizer)
         local = [int(t) for t in tokenizer(probe)["input_ids"]]
         try:
             answer = self._request("POST", "/tokenize", {"model": model, "prompt": probe, "add_special_tokens": True})
-        except VLLMRequestError as err:
+        except RemoteError as err:
             if err.status_code != 404:
                 raise
             logger.warning("%s has no /tokenize endpoint: the server's tokenizer cannot be checked", self.base_url)
@@ -211,12 +185,19 @@ class VLLMBackend:
 
     # ---- scoring ------------------------------------------------------------------------------------------------
 
-    def score(self, pairs: Sequence[Pair], *, progress: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+    def score(
+        self,
+        pairs: Sequence[Pair],
+        *,
+        max_rows: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[torch.Tensor]:
         """Per-token log-probs, one float32 CPU tensor of shape (len(response),) per pair, in input order.
 
         Args:
             pairs (`Sequence[tuple[Sequence[int], Sequence[int]]]`): `(context_ids, response_ids)` in the verifier's
                 token ids; every context needs at least one token.
+            max_rows (`int`, *optional*): at most this many prompts per request (below `pairs_per_request`).
             progress (`Callable[[int], None]`, *optional*): called (in the calling thread) with the number of response
                 tokens finished after each request.
 
@@ -226,10 +207,11 @@ class VLLMBackend:
 
         Raises:
             `ValueError`: an empty context, a non-integer id, or a pair longer than the server's `max_model_len`.
-            `VLLMRequestError`: the server refused a request (HTTP 4xx, e.g. an id outside the vocabulary).
-            `ConnectionError`: a request failed `max_retries + 1` times.
-            `RuntimeError`: a malformed answer (missing token, wrong length): a server bug.
+            `RemoteError`: the server refused a request (e.g. an id outside the vocabulary), or a malformed answer.
+            `UnreachableError`: a request failed `max_retries + 1` times.
         """
+        if max_rows is not None and (not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1):
+            raise ValueError(f"`max_rows` must be an int >= 1 or None, got {max_rows!r}")
         start = time.perf_counter()
         unique = unique_pairs(pairs)
         todo, first = unique.pairs, unique.first
@@ -238,11 +220,13 @@ class VLLMBackend:
         if scored:
             model = self.served_model or self._pick_model(None)
             check_model_len(todo, scored, first, self.max_model_len)
-            batches = split_requests(
-                todo, scored, pairs_per_request=self.pairs_per_request, tokens_per_request=self.tokens_per_request
-            )
+            per_request = min(self.pairs_per_request, max_rows or self.pairs_per_request)
+            batches = split_requests(todo, scored, pairs_per_request=per_request,
+                                     tokens_per_request=self.tokens_per_request)  # fmt: skip
             self._run(model, todo, batches, first, unique.count, results, progress)
         with self._lock:
+            self.stats.calls += 1
+            self.stats.pairs += len(pairs)
             self.stats.seconds += time.perf_counter() - start
         return [results[s] for s in unique.slot]
 
@@ -252,6 +236,8 @@ class VLLMBackend:
                 results[u] = lp
             if progress:
                 progress(sum(len(todo[u][1]) * count[u] for u in batch))
+            with self._lock:
+                self.stats.tokens_scored += sum(len(todo[u][1]) * count[u] for u in batch)
 
         if len(batches) == 1:  # no thread needed
             done(batches[0], self._score_batch(model, todo, batches[0], first))
@@ -273,20 +259,22 @@ class VLLMBackend:
         prompts = [list(todo[u][0] + todo[u][1]) for u in batch]
         answer = self._request("POST", "/v1/completions", completion_payload(model, prompts))
         out = completion_logprobs(answer, [todo[u] for u in batch], [first[u] for u in batch])
+        tokens = sum(map(len, prompts))
         with self._lock:
-            self.stats.requests += 1
-            self.stats.prompt_tokens += sum(map(len, prompts))
-            self.stats.tokens_scored += sum(len(todo[u][1]) for u in batch)
+            self.stats.passes += 1
+            self.stats.tokens_forward += tokens
+            self.stats.padded_tokens += tokens
         return out
 
     # ---- lifetime -----------------------------------------------------------------------------------------------
 
+    def reset(self) -> None:
+        """Zero the stats."""
+        self.stats = ScorerStats()
+
     def close(self) -> None:
         """Close the pooled connections (a later call opens new ones)."""
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self.client.close()
 
     def __enter__(self) -> VLLMBackend:
         return self
@@ -294,9 +282,8 @@ class VLLMBackend:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __getstate__(self) -> dict[str, Any]:  # the client and lock do not pickle; rebuilt on demand
+    def __getstate__(self) -> dict[str, Any]:  # the lock does not pickle; the client drops its own pool
         state = self.__dict__.copy()
-        state["_client"] = None
         del state["_lock"]
         return state
 

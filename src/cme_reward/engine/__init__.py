@@ -1,6 +1,6 @@
-"""The scoring engine: batch planning (`planning`, pure functions), the model's parts and probes (`model`), LM-head
+"""The in-process scorer: batch planning (`planning`, pure functions), the model's parts and probes (`model`), LM-head
 kernels (`kernels`, pure tensor math) and the loop that ties them together (`engine`)."""
 
-from .engine import EngineStats, OutOfMemoryError, ScoringEngine
+from .engine import OutOfMemoryError, ScoringEngine
 
-__all__ = ["EngineStats", "OutOfMemoryError", "ScoringEngine"]
+__all__ = ["OutOfMemoryError", "ScoringEngine"]

@@ -21,40 +21,34 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 from ..config import CMEConfig
+from ..scorer import Capabilities, Pair, ScorerStats
 from .kernels import blocked_token_logprobs, token_logprobs
 from .model import ModelParts, head_matches_model, packing_keeps_sequences_apart, uses_sliding_window
-from .planning import Pair, pack_batches, pack_rows, plan_pairs
+from .planning import pack_batches, pack_rows, plan_pairs
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EngineStats", "OutOfMemoryError", "ScoringEngine"]
+__all__ = ["OutOfMemoryError", "ScoringEngine"]
 
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 HEAD_ROWS = 2048  # prefix-shared responses' rows go through the LM head in passes of about this many rows
 T = TypeVar("T")
-Scored = list[tuple[int, torch.Tensor]]  # (pair index, its (len(response),) log-probs)
-
-
-@dataclass
-class EngineStats:
-    forward_passes: int = 0
-    tokens_forward: int = 0  # tokens run through the model body (cached context tokens counted once)
-    padded_tokens: int = 0  # tokens including padding
-    oom_splits: int = 0
+Indexed = list[tuple[int, torch.Tensor]]  # (pair index, its (len(response),) values)
 
 
 class ScoringEngine:
-    """Scores token-id pairs with a frozen causal LM (see the module docstring).
+    """The in-process [`Scorer`](cme_reward.scorer.Scorer): scores token-id pairs with a frozen causal LM (see the
+    module docstring).
 
     Args:
         model (`PreTrainedModel`): a causal LM, already on its device, in eval mode.
@@ -88,6 +82,7 @@ class ScoringEngine:
                 "(correct, but (batch, seq, vocab) logits are materialized in the model dtype).",
                 type(model).__name__,
             )
+        self.capabilities = Capabilities(entropy=True)
         self.sliding_window = uses_sliding_window(model.config)
         on_cpu = self.device.type == "cpu"
         # CPU: padding is pure waste and batching gains little; GPU: big batches keep it busy
@@ -104,7 +99,10 @@ class ScoringEngine:
     def reset(self) -> None:
         """Back to the configured token budget (an out-of-memory error lowers it) and zero stats."""
         self.budget = self.config.max_tokens_per_batch
-        self.stats = EngineStats()
+        self.stats = ScorerStats()
+
+    def close(self) -> None:
+        """Nothing to release: the model belongs to the caller."""
 
     # ---- entry -------------------------------------------------------------------------------------------------
 
@@ -126,13 +124,14 @@ class ScoringEngine:
         """
         if any(not c for c, _ in pairs):
             raise ValueError("every pair needs at least one context token")
+        start = time.perf_counter()
         cfg = self.config
         plan = plan_pairs(pairs, deduplicate=cfg.deduplicate, prefix_sharing=cfg.prefix_sharing,
                           min_shared_tokens=cfg.min_shared_tokens)  # fmt: skip
         todo = plan.pairs
         results: dict[int, torch.Tensor] = {}
 
-        def report(scored: Scored) -> None:
+        def report(scored: Indexed) -> None:
             results.update(scored)
             if progress:
                 progress(sum(len(lp) for _, lp in scored))
@@ -152,7 +151,12 @@ class ScoringEngine:
         for batch in self._batches(singles, length, max_rows):
             report(self._split_on_oom(lambda b: self._rows_forward(todo, b), batch,
                                       lambda b: len(b) * max(map(length, b))))  # fmt: skip
-        return [results[s] for s in plan.slot]
+        out = [results[s] for s in plan.slot]
+        self.stats.calls += 1
+        self.stats.pairs += len(pairs)
+        self.stats.tokens_scored += sum(len(r) for _, r in pairs)
+        self.stats.seconds += time.perf_counter() - start
+        return out
 
     # ---- shared machinery ----------------------------------------------------------------------------------------
 
@@ -175,7 +179,7 @@ class ScoringEngine:
                     f"the verifier ran out of memory on a single sequence of {padded} tokens; lower max_length "
                     "or use a smaller dtype"
                 ) from None
-            self.stats.oom_splits += 1
+            self.stats.retries += 1
             self.budget = max(1, min(self.budget, padded // 2))
             logger.warning(
                 "Out of memory on %d padded tokens: splitting the batch, budget now %d", padded, self.budget
@@ -188,7 +192,7 @@ class ScoringEngine:
     def _forward(self, ids, mask, *, real: int, cache=None, position_ids=None) -> torch.Tensor:
         """The one place the model runs and is counted: (B, T) ids -> (B, T, H) hidden states, or (B, T, V) logits
         without a split head. `real` = the non-padding input tokens."""
-        self.stats.forward_passes += 1
+        self.stats.passes += 1
         self.stats.tokens_forward += real
         self.stats.padded_tokens += ids.numel()
         return self.parts.run(ids, mask, split=self.split_head, cache=cache, position_ids=position_ids)
@@ -215,7 +219,7 @@ class ScoringEngine:
 
     # ---- independent pairs ---------------------------------------------------------------------------------------
 
-    def _rows_forward(self, todo, rows: list[int]) -> Scored:
+    def _rows_forward(self, todo, rows: list[int]) -> Indexed:
         """Pairs right-padded into one batch."""
         lengths = [len(todo[i][0]) + len(todo[i][1]) - 1 for i in rows]  # the last token is never an input
         row_idx, pos_idx, targets = [], [], []
@@ -228,7 +232,7 @@ class ScoringEngine:
         hidden = self._forward(ids, mask, real=sum(lengths))  # (B, T, H)
         return self._split(rows, todo, self._pick(hidden, row_idx, pos_idx, targets))
 
-    def _packed_forward(self, todo, rows: list[int]) -> Scored:
+    def _packed_forward(self, todo, rows: list[int]) -> Indexed:
         """Pairs end to end in one padding-free row, position ids restarting per pair."""
         ids, pos, pos_idx, targets = [], [], [], []
         for i in rows:
@@ -249,12 +253,12 @@ class ScoringEngine:
         return self._logprobs(picked, torch.tensor(targets, device=dev)).cpu()
 
     @staticmethod
-    def _split(rows: list[int], todo, logprobs: torch.Tensor) -> Scored:
+    def _split(rows: list[int], todo, logprobs: torch.Tensor) -> Indexed:
         return list(zip(rows, logprobs.split([len(todo[i][1]) for i in rows])))
 
     # ---- prefix sharing -------------------------------------------------------------------------------------------
 
-    def _score_contexts(self, todo, groups: list[list[int]], max_rows: int | None) -> Scored:
+    def _score_contexts(self, todo, groups: list[list[int]], max_rows: int | None) -> Indexed:
         """Encode the groups' contexts in one right-padded pass, run their responses on copies of that KV cache, and
         the LM head over all of their rows in big passes."""
         lengths = [len(todo[g[0]][0]) for g in groups]
@@ -268,7 +272,7 @@ class ScoringEngine:
         order = sorted((i for g in groups for i in g), key=lambda i: -len(todo[i][1]))
         pending: list[tuple[int, torch.Tensor]] = []  # (pair, (len(response), H) rows: row t predicts token t)
         pending_rows = 0
-        scored: Scored = []
+        scored: Indexed = []
         # response inputs: every response token but the last; attention also reads the cached context
         for batch in self._batches(order, lambda i: len(todo[i][1]) - 1, max_rows, extra=Tc):
             size = lambda b: len(b) * (Tc + max(len(todo[i][1]) for i in b) - 1)  # noqa: E731
@@ -282,7 +286,7 @@ class ScoringEngine:
                 pending, pending_rows = [], 0
         return scored + self._head(todo, pending)
 
-    def _head(self, todo, pending: list[tuple[int, torch.Tensor]]) -> Scored:
+    def _head(self, todo, pending: list[tuple[int, torch.Tensor]]) -> Indexed:
         """One LM-head pass over the rows of several responses (big head matmuls even when each response ran alone)."""
         if not pending:
             return []

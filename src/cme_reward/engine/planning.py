@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["PairPlan", "pack_batches", "pack_rows", "plan_pairs"]
+from ..scorer import Pair
 
-Pair = tuple[Sequence[int], Sequence[int]]  # (context ids, response ids); context non-empty
+__all__ = ["PairPlan", "pack_batches", "pack_rows", "plan_pairs"]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ OpenRLHF loads `reward_func(queries, prompts, labels)` from a `.py` file given a
 once per sample, from many threads at once. `queries[i]` is the policy's templated prompt + response decoded with
 special tokens, `prompts[i]` the templated prompt; `labels` are ignored. The response is `queries[i]` minus its prompt
 prefix and trailing end-of-turn text; the verifier reads `prompts[i]` as plain text (see
-`cme_reward.integrations.protocol`).
+`cme_reward.server.wire`).
 
 Where the scoring happens:
     - env `CME_REWARD_URL` set (e.g. `http://127.0.0.1:8000`): POST to `cme-reward serve` (`/get_reward`), which
@@ -33,18 +33,11 @@ match).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 # absolute imports: OpenRLHF loads this file by path, outside its package
-from cme_reward.integrations.protocol import (
-    endpoint_url,
-    env_missing_reward,
-    env_reward,
-    openrlhf_answer,
-    post_json,
-    split_query,
-)
+from cme_reward.integrations.env import env_missing_reward, env_reward, server_client
+from cme_reward.server.wire import openrlhf_answer, split_query
 
 __all__ = ["reward_func"]
 
@@ -63,8 +56,8 @@ def reward_func(queries: list[str], prompts: list[str], labels: list[Any] | None
         tensors of shape `(len(queries),)`.
 
     Raises:
-        `ValueError`: a query does not start with its prompt. `RewardServerError`: the server refused the request or
-        could not be reached.
+        `ValueError`: a query does not start with its prompt. `RemoteError` / `UnreachableError`: the server
+        refused the request or could not be reached.
 
     Example:
 
@@ -80,10 +73,10 @@ def reward_func(queries: list[str], prompts: list[str], labels: list[Any] | None
     queries, prompts = list(queries), list(prompts)
     if len(queries) != len(prompts):
         raise ValueError(f"`queries` and `prompts` must have the same length, got {len(queries)} and {len(prompts)}")
-    url = os.environ.get("CME_REWARD_URL")
-    if url:
+    client = server_client()
+    if client is not None:
         # labels are not sent: the server ignores them, and they need not be JSON
-        answer = post_json(endpoint_url(url, "/get_reward"), {"query": queries, "prompts": prompts})
+        answer = client.request("POST", "/get_reward", {"query": queries, "prompts": prompts})
     else:
         responses = [split_query(q, p, index=i) for i, (q, p) in enumerate(zip(queries, prompts))]
         # the TRL entry point: a pair with non-finite verifier log-probs scores None instead of raising

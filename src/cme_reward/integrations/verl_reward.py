@@ -1,7 +1,9 @@
 """verl custom reward function: Cross-Model Entropy as the reward of verl PPO / GRPO.
 
 verl's reward manager (`naive`) calls `compute_score(data_source, solution_str, ground_truth, extra_info)` once per
-sample; an `async def` is awaited on verl's reward loop. `solution_str` is the response decoded without special
+sample. Two entry points: `compute_score` is synchronous (verl's older `NaiveRewardManager` and `main_eval` call it
+directly; the reward loop runs it in a worker thread), `compute_score_async` is a coroutine for the reward loop, which
+awaits it on its event loop. `solution_str` is the response decoded without special
 tokens. verl passes NO prompt: put it in the dataset's `extra_info` column as `extra_info["prompt"]`, a string or a
 list of `{"role", "content"}` messages (the messages go through the *verifier's* chat template, as in TRL). verl also
 needs `reward_model.ground_truth` in every row; CME ignores it (an empty string will do).
@@ -28,7 +30,7 @@ row = {"data_source": "my_data", "prompt": messages, "reward_model": {"ground_tr
 reward:
   custom_reward_function:
     path: pkg://cme_reward.integrations.verl_reward  # or the file's path (verl before Dec 2025)
-    name: compute_score
+    name: compute_score  # or compute_score_async on verl's asynchronous reward loop
     reward_kwargs:
       url: http://127.0.0.1:8000  # optional: else env CME_REWARD_URL, else in process from CME_VERIFIER
 ```
@@ -40,13 +42,12 @@ On the command line: `reward.custom_reward_function.path=pkg://cme_reward.integr
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 # absolute imports: verl loads this file by path, outside its package
-from cme_reward.integrations.protocol import async_post_json, endpoint_url, env_missing_reward, env_reward
+from cme_reward.integrations.env import env_missing_reward, env_reward, server_client
 
-__all__ = ["compute_score", "prompt_of"]
+__all__ = ["compute_score", "compute_score_async", "prompt_of"]
 
 
 def prompt_of(extra_info: Any) -> str | list[dict[str, Any]]:
@@ -75,7 +76,21 @@ def prompt_of(extra_info: Any) -> str | list[dict[str, Any]]:
     )
 
 
-async def compute_score(
+def _prepare(extra_info: Any, solution_str: Any, url: str | None, missing_reward: float | None):
+    prompt = prompt_of(extra_info)
+    if not isinstance(solution_str, str):
+        raise TypeError(f"`solution_str` must be a string, got {type(solution_str).__name__}")
+    missing = env_missing_reward() if missing_reward is None else float(missing_reward)
+    return prompt, missing, server_client(url)
+
+
+def _result(score: float | None, missing: float) -> dict[str, float]:
+    if score is None:
+        return {"score": missing, "cme_scored": 0.0}
+    return {"score": float(score), "cme_scored": 1.0}
+
+
+def compute_score(
     data_source: Any,
     solution_str: str,
     ground_truth: Any,
@@ -85,7 +100,8 @@ async def compute_score(
     missing_reward: float | None = None,
     **kwargs: Any,
 ) -> dict[str, float]:
-    """CME reward of one verl sample.
+    """CME reward of one verl sample; the synchronous entry point (verl's `NaiveRewardManager`, `main_eval`, and the
+    reward loop, which runs it in a worker thread).
 
     Args:
         data_source, ground_truth: ignored.
@@ -102,22 +118,43 @@ async def compute_score(
     Example:
 
     ```python
-    >>> await compute_score("gsm8k", " 4", "", {"prompt": "2 + 2 ="}, url="http://127.0.0.1:8000")
+    >>> compute_score("gsm8k", " 4", "", {"prompt": "2 + 2 ="}, url="http://127.0.0.1:8000")
     {'score': -0.61..., 'cme_scored': 1.0}
     ```
     """
-    prompt = prompt_of(extra_info)
-    if not isinstance(solution_str, str):
-        raise TypeError(f"`solution_str` must be a string, got {type(solution_str).__name__}")
-    missing = env_missing_reward() if missing_reward is None else float(missing_reward)
-    url = url or os.environ.get("CME_REWARD_URL")
-    if url:
-        answer = await async_post_json(endpoint_url(url, "/score"), {"prompts": [prompt], "responses": [solution_str]})
+    prompt, missing, client = _prepare(extra_info, solution_str, url, missing_reward)
+    if client is not None:
+        score = client.request("POST", "/score", {"prompts": [prompt], "responses": [solution_str]})["scores"][0]
+    else:  # the TRL entry point: non-finite verifier log-probs score None instead of raising
+        score = env_reward()(prompts=[prompt], completions=[solution_str])[0]
+    return _result(score, missing)
+
+
+async def compute_score_async(
+    data_source: Any,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: dict[str, Any] | None = None,
+    *,
+    url: str | None = None,
+    missing_reward: float | None = None,
+    **kwargs: Any,
+) -> dict[str, float]:
+    """[`compute_score`] as a coroutine, for verl's asynchronous reward loop (`name: compute_score_async`): many
+    samples are in flight at once and the server micro-batches them; the loop never blocks.
+
+    Example:
+
+    ```python
+    >>> await compute_score_async("gsm8k", " 4", "", {"prompt": "2 + 2 ="}, url="http://127.0.0.1:8000")
+    {'score': -0.61..., 'cme_scored': 1.0}
+    ```
+    """
+    prompt, missing, client = _prepare(extra_info, solution_str, url, missing_reward)
+    if client is not None:
+        answer = await client.arequest("POST", "/score", {"prompts": [prompt], "responses": [solution_str]})
         score = answer["scores"][0]
     else:
         reward = await asyncio.to_thread(env_reward)
-        # the TRL entry point: non-finite verifier log-probs score None instead of raising
         score = (await asyncio.to_thread(reward, prompts=[prompt], completions=[solution_str]))[0]
-    if score is None:
-        return {"score": missing, "cme_scored": 0.0}
-    return {"score": float(score), "cme_scored": 1.0}
+    return _result(score, missing)

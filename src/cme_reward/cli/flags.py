@@ -1,0 +1,164 @@
+"""The verifier and scoring flags every `cme-reward` command shares, declared once, each bound to a field of
+[`VerifierSpec`] or [`CMEConfig`]: defaults and validation come from those dataclasses."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+from ..config import METRICS, REDUCTIONS, CMEConfig
+from ..errors import UsageError
+from ..verifier.spec import BACKENDS, VerifierSpec
+
+__all__ = ["CONFIG_FLAGS", "PROG", "VERIFIER_FLAGS", "add_input_args", "add_verifier_args", "positive_int",
+           "spec_and_config"]  # fmt: skip
+
+PROG = "cme-reward"
+
+# flag -> (field, argparse options). Values left unset fall back to the dataclass default.
+VERIFIER_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "--device": ("device", {"help": "e.g. cpu, cuda, cuda:1 (default: this process's GPU if any, else cpu)"}),
+    "--dtype": (
+        "dtype",
+        {"choices": ("auto", "float32", "bfloat16", "float16"), "help": "default auto: bfloat16 on GPU, else float32"},
+    ),  # fmt: skip
+    "--revision": ("revision", {"help": "hub revision of the verifier"}),
+    "--gguf-file": ("gguf_file", {"help": "GGUF file name inside a --verifier directory"}),
+    "--trust-remote-code": (
+        "trust_remote_code",
+        {"action": "store_true", "default": None, "help": "allow the verifier's own Python code to run"},
+    ),  # fmt: skip
+    "--backend": (
+        "backend",
+        {"choices": BACKENDS, "help": "where the verifier runs: in this process, or a running `vllm serve`"},
+    ),  # fmt: skip
+    "--base-url": ("base_url", {"help": "the vLLM server, http://host:port (with --backend vllm)"}),
+    "--served-model": ("served_model", {"help": "served model id on the vLLM server (default: the --verifier's)"}),
+}
+# the vLLM server's bearer token: not in VERIFIER_FLAGS because `serve` has an --api-key of its own
+VLLM_API_KEY_HELP = "bearer token of the vLLM server (default: $VLLM_API_KEY)"
+CONFIG_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "--batch-tokens": ("max_tokens_per_batch", {"help": "padded tokens per forward pass"}),
+    "--max-length": ("max_length", {"help": "longest context + response in verifier tokens"}),
+    "--metric": ("metric", {"choices": METRICS, "help": "per-token value: log-prob, or negated predictive entropy"}),
+    "--reduction": ("reduction", {"choices": REDUCTIONS, "help": "how per-token values become one score"}),
+    "--quantile": ("quantile", {"type": float, "help": "the quantile of --reduction quantile"}),
+    "--score-span": (
+        "score_span",
+        {"type": str, "help": "score only 'boxed' (the last \\boxed{...}) or a regex's last match"},
+    ),
+    "--span-weight": ("span_weight", {"type": float, "help": "weight of the span score against the whole response"}),
+    "--missing-span-value": (
+        "missing_span_value",
+        {"type": float, "help": "score when no span is found (default null)"},
+    ),
+    "--score-eos": (
+        "score_eos",
+        {
+            "action": "store_true",
+            "default": None,
+            "help": "also score the verifier's end-of-turn token after each response",
+        },
+    ),  # fmt: skip
+}
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _checked(name: str, convert: type):
+    """argparse type of a `CMEConfig` field: convert, then the config's own check."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if convert is int else 'a number'}, got {text!r}"
+            ) from None
+        allowed = CMEConfig.problem(name, value)
+        if allowed:
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {value}")
+        return value
+
+    return parse
+
+
+def _field_default(cls, name: str) -> Any:
+    return next(f.default for f in fields(cls) if f.name == name and f.default is not MISSING)
+
+
+def _add_flags(group, table: dict[str, tuple[str, dict[str, Any]]], cls) -> None:
+    for flag, (name, options) in table.items():
+        options = {"dest": name, "default": None, **options}
+        if cls is CMEConfig and "type" in options:
+            options["type"] = _checked(name, options["type"])
+        elif cls is CMEConfig and "choices" not in options and "action" not in options:
+            options.update(type=_checked(name, int), metavar="N")
+        default = _field_default(cls, name)
+        if default not in (None, False):
+            options["help"] = f"{options.get('help', '')} (default {default})".strip()
+        group.add_argument(flag, **options)
+
+
+def add_verifier_args(
+    parser: argparse.ArgumentParser,
+    *,
+    default: str | None = None,
+    scoring: bool = True,
+    api_key_flag: str = "--api-key",
+) -> None:
+    """The verifier and scoring flags (`scoring=False`: only `--batch-tokens` of the scoring ones); the vLLM
+    server's bearer token is `api_key_flag`."""
+    group = parser.add_argument_group("verifier and scoring")
+    group.add_argument(
+        "--verifier",
+        required=default is None,
+        default=default,
+        help="hub id, local model directory, .gguf file, or an alias: smollm2, gemma3-270m",
+    )
+    _add_flags(group, VERIFIER_FLAGS, VerifierSpec)
+    group.add_argument(api_key_flag, dest="vllm_api_key", default=None, help=VLLM_API_KEY_HELP)
+    _add_flags(group, CONFIG_FLAGS if scoring else {"--batch-tokens": CONFIG_FLAGS["--batch-tokens"]}, CMEConfig)
+
+
+def add_input_args(parser: argparse.ArgumentParser) -> None:
+    """The input flags of `score`, `inspect` and `compare-verifiers`."""
+    group = parser.add_argument_group("input")
+    source = group.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, help="a .jsonl, .json, .csv or .parquet file")
+    source.add_argument("--dataset", type=Path, help="a directory written by datasets' save_to_disk")
+    group.add_argument("--split", help="split of a saved DatasetDict with several splits")
+    group.add_argument("--prompt-column", help="default: prompt")
+    group.add_argument("--response-column", help="default: response, or completion when there is no response column")
+    group.add_argument(
+        "--messages-column",
+        help="take prompt and response from one list of {role, content} messages: the last assistant message is "
+        "the response, the messages before it the prompt",
+    )
+    group.add_argument("--skip-bad", action="store_true", help="skip (and report) bad rows instead of stopping")
+    group.add_argument("--limit", type=positive_int, help="use only the first N usable rows")
+
+
+def spec_and_config(args: argparse.Namespace) -> tuple[VerifierSpec, CMEConfig]:
+    """The verifier spec and scoring config the flags describe (unset flags keep the dataclass defaults)."""
+    spec = {name: getattr(args, name) for name, _ in VERIFIER_FLAGS.values() if getattr(args, name, None) is not None}
+    if spec.get("dtype") == "auto":
+        spec["dtype"] = None
+    if spec.get("backend") == "vllm":
+        spec["api_key"] = getattr(args, "vllm_api_key", None) or os.environ.get("VLLM_API_KEY") or None
+    config = {name: getattr(args, name) for name, _ in CONFIG_FLAGS.values() if getattr(args, name, None) is not None}
+    try:
+        return VerifierSpec(args.verifier, **spec), CMEConfig(**config)
+    except ValueError as err:
+        raise UsageError(str(err).replace("base_url=", "--base-url ").replace("backend=", "--backend ")) from None

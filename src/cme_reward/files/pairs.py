@@ -1,0 +1,184 @@
+"""(prompt, response) pairs from input rows: `prompt` + `response` columns (the response column falls back to
+`completion`), or one messages column (a list of `{"role", "content"}` dicts) whose last assistant message is the
+response and the messages before it the prompt (messages after it are ignored). A bad row raises
+`cme_reward.files.readers.InputError` naming the file, the line/row and the problem; with `skip_bad=True` it
+is skipped and listed in `PairSet.skipped` instead. No model code."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..scoring.formatting import normalize_messages, response_text
+from .readers import Record, iter_records, json_type
+
+__all__ = ["PairSet", "load_pairs"]
+
+logger = logging.getLogger(__name__)
+
+Prompt = str | list[dict[str, Any]]
+Response = str | list[dict[str, Any]]
+
+
+@dataclass
+class PairSet:
+    """The usable rows of an input file and their (prompt, response) pairs, in input order."""
+
+    path: Path
+    unit: str  # "line" or "row": what `Record.location` counts
+    records: list[Record] = field(default_factory=list)
+    prompts: list[Prompt] = field(default_factory=list)
+    responses: list[Response] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (location, reason) of rows left out
+    prompt_column: str | None = None
+    response_column: str | None = None
+    messages_column: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def where(self, location: int) -> str:
+        """`"path: line 7"` - how messages name a row."""
+        return f"{self.path}: {self.unit} {location}"
+
+
+class _RowProblem(InputError):
+    """A problem of one row, reported with its location (or skipped with --skip-bad)."""
+
+
+def _prompt_value(row: dict[str, Any], column: str) -> Prompt:
+    if column not in row:
+        raise _RowProblem(f"missing column {column!r} (columns: {', '.join(map(repr, row)) or 'none'})")
+    value = row[column]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        if not value:
+            raise _RowProblem(f"column {column!r} is an empty list of messages")
+        try:
+            normalize_messages(value, f"column {column!r}, message")
+        except (TypeError, ValueError) as err:
+            raise _RowProblem(str(err)) from None
+        return value
+    raise _RowProblem(
+        f"column {column!r} must be a string or a list of {{role, content}} messages, got {json_type(value)}"
+    )
+
+
+def _response_value(row: dict[str, Any], column: str, tried: str) -> Response:
+    if column not in row:
+        raise _RowProblem(f"missing column {tried} (columns: {', '.join(map(repr, row)) or 'none'})")
+    value = row[column]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, dict)):
+        try:
+            response_text(value, f"column {column!r}")
+        except (TypeError, ValueError) as err:
+            raise _RowProblem(str(err)) from None
+        return value
+    raise _RowProblem(f"column {column!r} must be a string or one assistant message, got {json_type(value)}")
+
+
+def _split_messages(row: dict[str, Any], column: str) -> tuple[Prompt, str]:
+    """Last assistant message -> response; the messages before it -> prompt ("" when there are none)."""
+    if column not in row:
+        raise _RowProblem(f"missing column {column!r} (columns: {', '.join(map(repr, row)) or 'none'})")
+    value = row[column]
+    if isinstance(value, str) and value.lstrip().startswith("["):  # CSV cells hold messages as JSON text
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise _RowProblem(
+                f"column {column!r} holds text that is not a JSON list of messages ({err.msg})"
+            ) from None
+    if not isinstance(value, list):
+        raise _RowProblem(f"column {column!r} must be a list of {{role, content}} messages, got {json_type(value)}")
+    where = f"column {column!r}"
+    if not value:
+        raise _RowProblem(f"{where} is an empty list of messages")
+    try:
+        messages = normalize_messages(value, f"{where}, message")
+    except (TypeError, ValueError) as err:
+        raise _RowProblem(str(err)) from None
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        roles = [m["role"] for m in messages]
+        raise _RowProblem(f"{where} has no assistant message to score (roles: {roles})")
+    return (value[:last] or ""), messages[last]["content"]
+
+
+def load_pairs(
+    path: str | Path,
+    *,
+    prompt_column: str = "prompt",
+    response_column: str | None = None,
+    messages_column: str | None = None,
+    split: str | None = None,
+    skip_bad: bool = False,
+    limit: int | None = None,
+) -> PairSet:
+    """Read an input and extract its (prompt, response) pairs.
+
+    Args:
+        path: the input file or datasets directory.
+        prompt_column: column holding the prompt (a string, or a list of messages).
+        response_column: column holding the response; `None` uses `response`, or `completion` when the first
+            row has no `response` but has `completion`.
+        messages_column: take both from one list-of-messages column instead (the last assistant message is the
+            response); exclusive with the other two.
+        split: split of a saved `DatasetDict` (needed when it has several).
+        skip_bad: skip bad rows (listed in `PairSet.skipped`) instead of raising `InputError`.
+        limit: stop after this many usable rows.
+
+    Raises:
+        InputError: a bad row (without `skip_bad`), an unreadable file, or no usable row at all.
+    """
+    if limit is not None and limit < 1:
+        raise InputError(f"limit must be a positive integer, got {limit}")
+    path = Path(path)
+    unit, items = iter_records(path, split=split)
+    out = PairSet(path=path, unit=unit)
+    if messages_column is not None:
+        out.messages_column = messages_column
+    else:
+        out.prompt_column = prompt_column
+    for location, row, problem in items:
+        if limit is not None and len(out) >= limit:
+            break
+        if problem is None:
+            try:
+                if messages_column is not None:
+                    prompt, response = _split_messages(row, messages_column)
+                else:
+                    if out.response_column is None:
+                        out.response_column = response_column or (
+                            "completion" if "response" not in row and "completion" in row else "response"
+                        )
+                    tried = repr(out.response_column)
+                    if response_column is None and out.response_column == "response":
+                        tried = "'response' (or 'completion')"
+                    prompt = _prompt_value(row, prompt_column)
+                    response = _response_value(row, out.response_column, tried)
+            except _RowProblem as err:
+                problem = str(err)
+        if problem is not None:
+            if not skip_bad:
+                raise InputError(f"{path}: {unit} {location}: {problem}")
+            out.skipped.append((location, problem))
+            continue
+        out.records.append(Record(location, row))
+        out.prompts.append(prompt)
+        out.responses.append(response)
+    if out.skipped:
+        shown = "; ".join(f"{unit} {loc}: {why}" for loc, why in out.skipped[:5])
+        more = f" (and {len(out.skipped) - 5} more)" if len(out.skipped) > 5 else ""
+        logger.warning("%s: skipped %d bad rows: %s%s", path, len(out.skipped), shown, more)
+    if not out.records:
+        extra = f" ({len(out.skipped)} bad rows skipped)" if out.skipped else ""
+        raise InputError(f"{path}: no rows to score{extra}")
+    return out
