@@ -107,14 +107,27 @@ def gap(a: tuple[int, int], b: tuple[int, int]) -> int:
     return max(0, b[0] - a[1], a[0] - b[1])
 
 
+def same(got, want, tol=1e-9) -> bool:
+    """Equal rows of dense values: `None` at the same places, the floats within `tol`."""
+    return len(got) == len(want) and all(
+        (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= tol) for a, b in zip(got, want)
+    )
+
+
+def total(values) -> float:
+    return math.fsum(v for v in values if v is not None)
+
+
 def naive_bytes(src, vals, tgt):
-    """Per byte: density of the source covering it, summed per target; zero-width sources by the documented rule."""
+    """Per byte: density of the source covering it, summed per target; zero-width sources by the documented rule;
+    `None` for a target no source byte or zero-width source reaches."""
     size = max([e for _, e in src + tgt], default=0)
-    density = [0.0] * size
+    density, covered = [0.0] * size, [False] * size
     for (s, e), v in zip(src, vals):
         for x in range(s, e):
             density[x] += v / (e - s)
-    out = [sum(density[x] for x in range(s, e)) for s, e in tgt]
+            covered[x] = True
+    out = [sum(density[x] for x in range(s, e)) if any(covered[s:e]) else None for s, e in tgt]
     used = Counter()
     for (s, e), v in zip(src, vals):
         if s != e or not tgt:
@@ -128,7 +141,7 @@ def naive_bytes(src, vals, tgt):
             k = holding[0]
         else:
             k = min(range(len(tgt)), key=lambda k: (gap((s, s), tgt[k]), k))
-        out[k] += v
+        out[k] = (out[k] or 0.0) + v
     return out
 
 
@@ -136,12 +149,14 @@ def naive_overlap_mean(src, vals, tgt):
     out = []
     for a, b in tgt:
         hits = [v for (s, e), v in zip(src, vals) if e > s and b > a and max(s, a) < min(e, b)]
-        if hits:
+        if b == a:  # a zero-width target (a special token) carries no value
+            out.append(None)
+        elif hits:
             out.append(sum(hits) / len(hits))
         elif src:
             out.append(vals[min(range(len(src)), key=lambda i: (gap(src[i], (a, b)), i))])
         else:
-            out.append(0.0)
+            out.append(None)
     return out
 
 
@@ -184,9 +199,9 @@ def test_dense_values_match_naive(data, size):
     tgt = data.draw(segmentation(size))
     vals = data.draw(st.lists(VALUES, min_size=len(src), max_size=len(src)))
     got = dense_values(src, vals, tgt)
-    assert got == pytest.approx(naive_bytes(src, vals, tgt), rel=1e-9, abs=1e-9)
+    assert same(got, naive_bytes(src, vals, tgt))
     got = dense_values(src, vals, tgt, alignment="overlap_mean")
-    assert got == pytest.approx(naive_overlap_mean(src, vals, tgt), rel=1e-12, abs=0)
+    assert same(got, naive_overlap_mean(src, vals, tgt), tol=1e-12)
 
 
 @FAST
@@ -195,7 +210,7 @@ def test_bytes_conserve_the_sum_and_identity_is_exact(data, size):
     src = data.draw(segmentation(size, gaps=False))
     tgt = data.draw(segmentation(size, gaps=False))
     vals = data.draw(st.lists(VALUES, min_size=len(src), max_size=len(src)))
-    assert math.fsum(dense_values(src, vals, tgt)) == pytest.approx(math.fsum(vals), abs=1e-9)
+    assert total(dense_values(src, vals, tgt)) == pytest.approx(math.fsum(vals), abs=1e-9)
     assert dense_values(src, vals, src) == vals  # exact, zero-width tokens included
     positive = [(s, e) for s, e in src if e > s]
     pos_vals = vals[: len(positive)]
@@ -204,14 +219,14 @@ def test_bytes_conserve_the_sum_and_identity_is_exact(data, size):
 
 def test_dense_values_examples():
     src, vals = [(0, 2), (2, 4)], [-1.0, -3.0]
-    assert dense_values(src, vals, [(0, 1), (1, 4), (4, 4)]) == [-0.5, -3.5, 0.0]
-    assert dense_values(src, vals, [(0, 1), (1, 4), (4, 4)], alignment="overlap_mean") == [-1.0, -2.0, -3.0]
+    assert dense_values(src, vals, [(0, 1), (1, 4), (4, 4)]) == [-0.5, -3.5, None]  # the EOS: no value
+    assert dense_values(src, vals, [(0, 1), (1, 4), (4, 4)], alignment="overlap_mean") == [-1.0, -2.0, None]
     # a zero-width source (a scored EOS) goes to the zero-width target at the same byte
     assert dense_values([(0, 4), (4, 4)], [-2.0, -5.0], [(0, 2), (2, 4), (4, 4)]) == [-1.0, -1.0, -5.0]
-    # truncated source: the uncovered bytes carry 0 ("bytes") or the nearest value ("overlap_mean")
-    assert dense_values([(0, 2)], [-4.0], [(0, 1), (1, 3), (3, 6)]) == [-2.0, -2.0, 0.0]
+    # truncated source: a target with no covered byte has no value ("bytes"), or the nearest one ("overlap_mean")
+    assert dense_values([(0, 2)], [-4.0], [(0, 1), (1, 3), (3, 6)]) == [-2.0, -2.0, None]
     assert dense_values([(0, 2)], [-4.0], [(0, 1), (1, 3), (3, 6)], alignment="overlap_mean") == [-4.0] * 3
-    assert dense_values([], [], [(0, 1), (1, 1)], alignment="overlap_mean") == [0.0, 0.0]
+    assert dense_values([], [], [(0, 1), (1, 1)], alignment="overlap_mean") == [None, None]
     assert dense_values([(0, 1)], [1.0], []) == []
 
 
@@ -379,11 +394,11 @@ def test_values_across_tokenizers(verifier_tok, policy_tok, sp_tok, text, rng):
         vals = [rng.uniform(-10, 0) for _ in v_ids]
         tgt = token_byte_spans(tok, p_ids, completion)
         got = dense_values(src, vals, tgt)
-        assert math.fsum(got) == pytest.approx(math.fsum(vals), abs=1e-6)
-        assert got == pytest.approx(naive_bytes(src, vals, tgt), abs=1e-9)
-        assert got[-1] == 0.0  # the EOS covers no byte
+        assert total(got) == pytest.approx(math.fsum(vals), abs=1e-6)
+        assert same(got, naive_bytes(src, vals, tgt))
+        assert got[-1] is None  # the EOS covers no byte: no value
         mean = dense_values(src, vals, tgt, alignment="overlap_mean")
-        assert mean == pytest.approx(naive_overlap_mean(src, vals, tgt), abs=1e-12)
+        assert same(mean, naive_overlap_mean(src, vals, tgt), tol=1e-12)
         assert dense_values(src, vals, token_byte_spans(verifier_tok, v_ids, completion)) == vals  # same: exact
 
 
@@ -397,7 +412,7 @@ def test_long_text_finishes(verifier_tok, sp_tok):
     p_ids = sp_tok(text, add_special_tokens=False).input_ids + [sp_tok.eos_token_id]  # SentencePiece policy
     tgt = token_byte_spans(sp_tok, p_ids, text)
     assert tgt[-1] == (len(text.encode("utf-8")),) * 2
-    assert math.fsum(dense_values(src, vals, tgt)) == pytest.approx(math.fsum(vals), rel=1e-9)
+    assert total(dense_values(src, vals, tgt)) == pytest.approx(math.fsum(vals), rel=1e-9)
     assert len(dense_values(src, vals, tgt, alignment="overlap_mean")) == len(p_ids)
 
 

@@ -36,7 +36,7 @@ API_ROWS = {
     "bytes-response": (["a"], [b"x"], (TypeError, r"responses\[0\]"), lambda s: s == [None]),
     "empty-prompt": ([""], [" x"], lambda s: finite(s[0]), lambda s: finite(s[0])),
     "empty-response": (["a"], [""], lambda s: s == [None], lambda s: s == [None]),
-    "whitespace-response": (["a"], ["  \n\t"], lambda s: finite(s[0]), lambda s: finite(s[0])),
+    "whitespace-response": (["a"], ["  \n\t"], lambda s: s == [None], lambda s: s == [None]),  # blank is empty
     "message-missing-role": (
         [[{"content": "Hi"}]],
         ["x"],

@@ -142,8 +142,8 @@ def test_dense_identity_and_conservation_across_tokenizers(verifier_dir, arch_di
     policy_ids = [policy(r, add_special_tokens=False).input_ids + [policy.eos_token_id] for r in completions]
     dense = reward.score_dense(prompts, completions, policy_ids, policy)
     for values, ids, ts in zip(dense, policy_ids, token_scores):
-        assert len(values) == len(ids) and values[-1] == 0.0  # EOS covers no text
-        assert sum(values) == pytest.approx(sum(ts.logprobs), abs=1e-4)
+        assert len(values) == len(ids) and values[-1] is None  # the EOS covers no text: no value
+        assert sum(values[:-1]) == pytest.approx(sum(ts.logprobs), abs=1e-4)
     means = CrossModelEntropyReward(verifier_dir, alignment="overlap_mean").score_dense(
         prompts, completions, policy_ids, policy
     )
@@ -200,7 +200,7 @@ def test_score_eos_in_a_trainer_needs_the_policy_tokenizer(verifier_dir, arch_di
         ({"score_span": 3}, "score_span must be"),
         ({"span_weight": -0.1}, "span_weight"),
         ({"missing_span_value": math.nan}, "missing_span_value"),
-        ({"alignment": "chars"}, "alignment must be one of"),
+        ({"alignment": "words"}, "alignment must be one of"),
         ({"score_eos": "yes"}, "score_eos must be a bool"),
         ({"verifier_prompt_column": ""}, "verifier_prompt_column"),
     ],

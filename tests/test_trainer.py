@@ -81,21 +81,33 @@ def length_reward(completion_ids, **kwargs):
 # ---- naive references -------------------------------------------------------------------------------------------
 
 
-def naive_dense(values, group_size, normalization, eps):
+def naive_dense(values, group_size, normalization, eps, std="sample"):
+    """Per-position loops over ragged rows; `None` rows stay `None`, `None` values get 0 and are left out."""
+    out = [None if v is None else [0.0] * len(v) for v in values]
     width = max((len(v) for v in values if v is not None), default=0)
-    out = [[0.0] * width for _ in values]
     for start in range(0, len(values), group_size):
         for t in range(width):
-            members = [i for i in range(start, start + group_size) if values[i] is not None and t < len(values[i])]
+            members = [i for i in range(start, start + group_size)
+                       if values[i] is not None and t < len(values[i]) and values[i][t] is not None]  # fmt: skip
             if len(members) < 2:
                 continue
             xs = [values[i][t] for i in members]
             mean = sum(xs) / len(xs)
-            std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+            dof = len(xs) - 1 if std == "sample" else len(xs)
+            spread = math.sqrt(sum((x - mean) ** 2 for x in xs) / dof)
             for i in members:
                 centered = values[i][t] - mean
-                out[i][t] = centered / (std + eps) if normalization == "group_std" else centered
-    return torch.tensor(out, dtype=torch.float64).reshape(len(values), width)
+                out[i][t] = centered / (spread + eps) if normalization == "group_std" else centered
+    return out
+
+
+def assert_rows_close(got, want, tol=1e-5):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if g is not None:
+            assert len(g) == len(w) and all(math.isfinite(x) for x in g)
+            assert g == pytest.approx(w, abs=tol, rel=tol)
 
 
 def naive_scalar(rewards, weights, group_size):
@@ -114,49 +126,59 @@ def naive_scalar(rewards, weights, group_size):
     return torch.tensor(out)
 
 
-def random_values(rng, batch, max_len, none_rate=0.15):
-    """Rows of float32-representable values (the dtype dense values travel in), some `None`, some empty."""
-    return [
-        None
-        if rng.random() < none_rate
-        else [float(np.float32(rng.uniform(-3, 3))) for _ in range(rng.randint(0, max_len))]
-        for _ in range(batch)
-    ]
+def random_values(rng, batch, max_len, none_rate=0.15, missing_rate=0.0):
+    """Rows of float32-representable values (the dtype dense values travel in), some `None`, some empty; with
+    `missing_rate`, some values `None` (tokens without a value)."""
+
+    def value():
+        return None if rng.random() < missing_rate else float(np.float32(rng.uniform(-3, 3)))
+
+    return [None if rng.random() < none_rate else [value() for _ in range(rng.randint(0, max_len))]
+            for _ in range(batch)]  # fmt: skip
 
 
 # ---- pure functions (fast) --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("std", ["sample", "population"])
 @pytest.mark.parametrize("normalization", ["group_std", "group_mean"])
 @pytest.mark.parametrize("group_size", [2, 3, 4])
-def test_dense_advantages_match_per_position_loop(normalization, group_size):
+def test_dense_advantages_match_per_position_loop(normalization, group_size, std):
     rng = random.Random(group_size)
     for _ in range(20):
-        values = random_values(rng, group_size * rng.randint(1, 4), max_len=7)
+        values = random_values(rng, group_size * rng.randint(1, 4), max_len=7, missing_rate=0.2)
         if rng.random() < 0.3:  # ties at a position: std 0 -> advantage 0, never NaN
             for v in values:
                 if v:
                     v[0] = 1.5
-        adv, mask = dense_advantages(values, group_size, normalization=normalization, eps=1e-4)
-        expected = naive_dense(values, group_size, normalization, 1e-4)
-        assert adv.dtype == torch.float32 and adv.shape == expected.shape == mask.shape
-        torch.testing.assert_close(adv.double(), expected, rtol=1e-5, atol=1e-5)
-        assert torch.isfinite(adv).all()
-        for i, v in enumerate(values):
-            assert mask[i].sum().item() == (len(v) if v is not None else 0)
+        got = dense_advantages(values, group_size, normalization=normalization, eps=1e-4, std=std)
+        assert_rows_close(got, naive_dense(values, group_size, normalization, 1e-4, std))
 
 
 def test_dense_advantages_edge_cases():
     # position 2 is covered by a single completion, row 3 is None: both get 0 from the dense part
     values = [[1.0, 2.0, 9.0], [3.0, 4.0], [5.0, 0.0], None]
-    adv, mask = dense_advantages(values, 4, normalization="group_std", eps=1e-4)
-    assert adv[0, 2] == 0 and (adv[3] == 0).all() and not mask[3].any() and mask[0, 2]
-    # position 0: values 1, 3, 5 -> mean 3, sample std 2 (Bessel, like TRL's nanstd; population std would be 1.63)
-    torch.testing.assert_close(adv[:3, 0], torch.tensor([-2.0, 0.0, 2.0]) / (2.0 + 1e-4))
-    adv, _ = dense_advantages(values, 4, normalization="group_mean")
-    torch.testing.assert_close(adv[:3, 1], torch.tensor([0.0, 2.0, -2.0]))
-    adv, mask = dense_advantages([None, None], 2)
-    assert adv.shape == mask.shape == (2, 0)
+    adv = dense_advantages(values, 4, normalization="group_std", eps=1e-4)
+    assert adv[0][2] == 0 and adv[3] is None
+    # position 0: values 1, 3, 5 -> mean 3, sample std 2 (Bessel, like TRL's nanstd), population std 1.633
+    assert [row[0] for row in adv[:3]] == pytest.approx([-2.0 / (2.0 + 1e-4), 0.0, 2.0 / (2.0 + 1e-4)])
+    population = dense_advantages(values, 4, std="population")
+    sigma = math.sqrt(8 / 3)
+    assert [row[0] for row in population[:3]] == pytest.approx([-2.0 / (sigma + 1e-4), 0.0, 2.0 / (sigma + 1e-4)])
+    adv = dense_advantages(values, 4, normalization="group_mean")
+    assert [row[1] for row in adv[:3]] == pytest.approx([0.0, 2.0, -2.0])
+    assert dense_advantages([None, None], 2) == [None, None]
+    # a token without a value (None: the policy's EOS) is not compared with real tokens and gets 0
+    adv = dense_advantages([[-1.0, None], [-3.0, -2.0], [-2.0, -4.0, -1.0]], 3, normalization="group_mean")
+    assert adv == [[1.0, 0.0], [-1.0, 1.0], [0.0, -1.0, 0.0]]
+    # an empty completion scored empty_value below its group: a negative advantage; None: no dense part at all
+    adv = dense_advantages([[-10.0, -10.0], [-2.0, -1.0, None], [-3.0, -2.5, -2.0, None]], 3)
+    assert adv[0][0] < 0 and adv[0][1] < 0
+    for bad, match in (([[1.0]], "group_size"), ("abc", "values"), ([["x"]], r"values\[0\]")):
+        with pytest.raises(ValueError, match=match):
+            dense_advantages(bad, 2 if bad != [[1.0]] else 0)
+    with pytest.raises(ValueError, match="dense_std"):
+        dense_advantages([[1.0], [2.0]], 2, std="bessel")
 
 
 def test_normalize_dense_rejects_bad_input():
@@ -527,7 +549,8 @@ def test_groups_spanning_two_processes(policy, tmp_path):
     lengths = torch.tensor([len(x) for x in ids])
     assert lengths[:6].max() < lengths[6:].max()  # the ranks padded to different local widths
     reward = IdDense(none_at=(1,))
-    dense, _ = dense_advantages(reward.values(ranks[0]["ids"]) + reward.values(ranks[1]["ids"]), 4)  # (12, T)
+    dense = pad_dense(dense_advantages(reward.values(ranks[0]["ids"]) + reward.values(ranks[1]["ids"]), 4))
+    dense = dense.nan_to_num(0.0)  # (12, T)
     scalar = scalar_advantages(ranks[0]["rewards"][:, 1:], torch.tensor([1.0]), 4)  # (12,)
     width = dense.size(1)
     expected = torch.where(torch.arange(width) < lengths.unsqueeze(1), scalar.unsqueeze(1) + 0.5 * dense, 0.0)

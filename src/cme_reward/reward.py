@@ -204,15 +204,20 @@ class CrossModelEntropyReward:
         completion_ids: list[list[int]],
         policy_tokenizer: PreTrainedTokenizerBase,
         **kwargs: Any,
-    ) -> list[list[float] | None]:
+    ) -> list[list[float | None] | None]:
         """Dense per-token rewards: for each completion, one value per *policy* token of `completion_ids[i]`.
 
         The verifier's per-token values (the configured `metric`) are mapped onto the policy's tokens by UTF-8 byte
         offsets into the completion text (`alignment="bytes"`: each verifier token's value is spread over its bytes,
-        each policy token gets the sum over its bytes, so the sums match; special tokens that cover no text get 0,
-        except an ended completion's end-of-turn token, which takes the verifier's end-of-turn value with
-        `score_eos`). With the verifier's own tokenizer as the policy's, the values equal [`score_tokens`]. An
-        unscorable completion (malformed, non-finite) gets `None`. `score_span` applies to scalar scores only.
+        each policy token gets the sum over its bytes, so the sums match). A policy token that no verifier value
+        reaches gets `None`: special tokens that cover no text, such as the EOS that ends TRL's `completion_ids`,
+        unless `score_eos` gives an ended completion's end-of-turn token the verifier's end-of-turn value. A `None`
+        position is left out of the per-position normalisation ([`dense_advantages`]): stopping earns nothing by
+        itself. An empty or blank completion gets `empty_value` at every token (all `None` with the default
+        `empty_value=None`: then it has no dense value at all, only the other rewards' scalar part). With the
+        verifier's own tokenizer as the policy's, the values equal [`score_tokens`]. An unscorable completion
+        (malformed, non-finite) gets `None`. `score_span` applies to scalar scores only; `CMEConfig.from_paper` rules
+        apply to both.
 
         Args:
             prompts, completions: as TRL passes them (text or messages).
@@ -236,9 +241,18 @@ class CrossModelEntropyReward:
         ended = self._ended(completion_ids, policy_tokenizer)
         results = self._run(prompts, completions, ended, strict=False)
         self._log(results, start, kwargs)
-        align = self.config.alignment
-        return [None if r is None else policy_values(r.values, r.pair, ids, policy_tokenizer, self.tokenizer, align)
-                for r, ids in zip(results, completion_ids)]  # fmt: skip
+        rows = []
+        for r, ids in zip(results, completion_ids):
+            row = None if r is None else policy_values(r.values, r.pair, ids, policy_tokenizer, self.tokenizer,
+                                                       self.config)  # fmt: skip
+            rows.append(None if row and all(v is None for v in row) else row)  # no value anywhere: no dense row
+        return rows
+
+    @property
+    def dense(self) -> bool:
+        """Whether `DenseGRPOTrainer` trains on `score_dense`: `False` only under
+        `CMEConfig.from_paper(token_level=False)` (the authors' sequence-level reward)."""
+        return self.config.paper is None or self.config.paper.token_level
 
     def __call__(
         self,

@@ -8,8 +8,9 @@ Conversational pair (TRL conversational data):
     response ids = tokenizer(assistant content, add_special_tokens=False).input_ids
     A verifier without a chat template gets the plain format "<role>: <content>\n" per message then "assistant: ",
     tokenized like a plain prompt.
-An empty context starts with the tokenizer's BOS token (else its EOS token) so the first response token is scored;
-with neither, the first response token becomes the context and is not scored.
+A blank response (no non-whitespace character: `"   "`, `"\n\n"`) is empty: it has no token to score, like `""`,
+and gets the configured `empty_value`. An empty context starts with the tokenizer's BOS token (else its EOS token) so
+the first response token is scored; with neither, the first response token becomes the context and is not scored.
 Lone surrogates and other unencodable code points are replaced by U+FFFD before tokenization.
 """
 
@@ -36,6 +37,9 @@ class EncodedPair:
     text: str = ""  # the response text
     text_ids: tuple[int, ...] = ()  # all tokens of the text, before any cut
     offset: int = 0  # text tokens moved into the context (1 when there was no BOS/EOS to start from)
+    prompt_ids: tuple[
+        int, ...
+    ] = ()  # the prompt's own text tokens (its message contents), when the encoder keeps them
 
     @property
     def text_tokens(self) -> int:
@@ -118,9 +122,11 @@ class PairEncoder:
     Contexts are cached by value within one encoder, so a prompt repeated `num_generations` times is tokenized once.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int):
+    def __init__(self, tokenizer: Any, max_length: int, *, prompt_ids: bool = False, start_token: bool = True):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.start_token = start_token  # an empty context starts with BOS / EOS (the authors' rules: it stays empty)
+        self.keep_prompt_ids = prompt_ids  # the repetition guard needs the prompt's own tokens
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.start_ids = [start] if start is not None else []
@@ -140,7 +146,16 @@ class PairEncoder:
                 ids = tok(text).input_ids
         else:
             raise TypeError(f"{where} must be a string or a list of messages, got {type(prompt).__name__}")
-        return list(ids) or list(self.start_ids)
+        return list(ids) or (list(self.start_ids) if self.start_token else [])
+
+    def prompt_text_ids(self, prompt: Any) -> tuple[int, ...]:
+        """The prompt's own text (a string, or its messages' contents joined by newlines) as tokens, no specials."""
+        text = (
+            prompt
+            if isinstance(prompt, str)
+            else "\n".join(m["content"] for m in normalize_messages(prompt, "prompt"))
+        )
+        return tuple(self.tokenizer(clean_text(text), add_special_tokens=False).input_ids)
 
     def response_ids(self, response: Any, where: str) -> list[int]:
         return list(self.tokenizer(response_text(response, where), add_special_tokens=False).input_ids)
@@ -177,6 +192,7 @@ class PairEncoder:
         """Encode pairs (a prompt repeated across a GRPO group is tokenized once). `ended[i]` appends the verifier's
         end-of-turn token(s) to response i. A malformed pair raises (`strict`) or becomes `None` with a warning."""
         contexts: dict[Any, list[int]] = {}
+        prompt_ids: dict[Any, tuple[int, ...]] = {}
         ends: dict[bool, list[int]] = {}
         out: list[EncodedPair | None] = []
         for i, (prompt, response) in enumerate(zip(prompts, responses)):
@@ -184,11 +200,15 @@ class PairEncoder:
                 key = prompt if isinstance(prompt, str) else repr(prompt)
                 if key not in contexts:
                     contexts[key] = self.context_ids(prompt, f"prompts[{i}]")
+                    if self.keep_prompt_ids:
+                        prompt_ids[key] = self.prompt_text_ids(prompt)
                 text = response_text(response, f"{responses_name}[{i}]")
-                ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
+                # blank is empty: a response with no non-whitespace character has no token to score
+                ids = list(self.tokenizer(text, add_special_tokens=False).input_ids) if text.strip() else []
                 chat = not isinstance(prompt, str)
                 end = ends.setdefault(chat, self.end_of_turn_ids(chat)) if ended and ended[i] and ids else []
-                pair = self.fit(contexts[key], ids + end, text=text, text_ids=tuple(ids))
+                pair = self.fit(contexts[key], ids + end, text=text, text_ids=tuple(ids),
+                                prompt_ids=prompt_ids.get(key, ()))  # fmt: skip
             except (TypeError, ValueError) as err:
                 if strict:
                     raise

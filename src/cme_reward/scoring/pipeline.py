@@ -14,6 +14,7 @@ from ..config import CMEConfig
 from ..scorer import ScorerStats
 from ..verifier.spec import VerifierSpec
 from .formatting import EncodedPair, PairEncoder
+from .guard import flagged_tokens, guard_floor
 from .scores import pair_score
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,9 @@ class ScoringPipeline:
         loaded = load_scorer(spec, config)
         self.scorer, self.tokenizer, self.max_length = loaded.scorer, loaded.tokenizer, loaded.max_length
         self.model, self.device, self.dtype = loaded.model, loaded.device, loaded.dtype
-        self.encoder = PairEncoder(self.tokenizer, self.max_length)
+        self.encoder = PairEncoder(self.tokenizer, self.max_length, prompt_ids=config.repetition_guard,
+                                   start_token=config.paper is None)  # fmt: skip
+        self._special_ids = frozenset(getattr(self.tokenizer, "all_special_ids", ()) or ())
         self._lock = threading.Lock()
 
     @property
@@ -83,5 +86,16 @@ class ScoringPipeline:
                 results.append(None)
                 continue
             logprobs, values = (out[:, 0], out[:, 1]) if out.dim() == 2 else (out, out)
+            if self.config.repetition_guard and values.numel():
+                values = self._guard(values, pair)
             results.append(Scored(pair, values, logprobs, pair_score(values, pair, self.config, self.tokenizer)))
         return results
+
+    def _guard(self, values: torch.Tensor, pair: EncodedPair) -> torch.Tensor:
+        """`values` with the repetition guard's floor at the flagged text tokens (`cme_reward.scoring.guard`)."""
+        n = pair.text_tokens
+        flags = flagged_tokens(pair.response_ids[:n], pair.prompt_ids, special_ids=self._special_ids)
+        if not any(flags):
+            return values
+        mask = torch.tensor(flags + [False] * (len(values) - n), dtype=torch.bool)  # (T,) appended end-of-turn: kept
+        return torch.where(mask, guard_floor(values, self.config.metric, len(self.tokenizer)), values)

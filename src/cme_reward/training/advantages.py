@@ -1,8 +1,10 @@
-"""Advantage math of [`DenseGRPOTrainer`], as pure tensor functions: dense (per-token) values checked, padded to (B, T)
-and normalised per position across each GRPO group, and TRL's scalar advantages of the other reward functions.
+"""Advantage math of [`DenseGRPOTrainer`], as pure functions: dense (per-token) values checked, normalised per position
+across each GRPO group ([`dense_advantages`], public), and TRL's scalar advantages of the other reward functions.
 
-A group is `group_size` consecutive rows (completions of one prompt). NaN marks a missing value: a padded position,
-or a completion (row) without values.
+A group is `group_size` consecutive rows (completions of one prompt). `None` marks a missing value: a token that
+carries no verifier value (the policy's EOS, unless the reward scores it), or a completion (row) without values;
+inside the tensor code it is NaN, like a padded position. Missing values are left out of the per-position statistics
+and get advantage 0.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 __all__ = [
     "DENSE_NORMALIZATIONS",
+    "DENSE_STDS",
     "check_dense_options",
     "check_dense_values",
     "dense_advantages",
@@ -24,18 +27,24 @@ __all__ = [
 ]
 
 DENSE_NORMALIZATIONS = ("group_std", "group_mean")
+DENSE_STDS = ("sample", "population")  # TRL's scalar nanstd (Bessel) / the paper authors' code
 
 
-def check_dense_options(normalization: Any, eps: Any) -> None:
-    """Raise `ValueError` unless `normalization` is one of `DENSE_NORMALIZATIONS` and `eps` a finite float > 0."""
+def check_dense_options(normalization: Any, eps: Any, std: Any = "sample") -> None:
+    """Raise `ValueError` unless `normalization` is one of `DENSE_NORMALIZATIONS`, `eps` a finite float > 0 and `std`
+    one of `DENSE_STDS`."""
     if normalization not in DENSE_NORMALIZATIONS:
         raise ValueError(f"`dense_normalization` must be one of {DENSE_NORMALIZATIONS}, got {normalization!r}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         raise ValueError(f"`dense_eps` must be a finite number > 0, got {eps!r}")
+    if std not in DENSE_STDS:
+        raise ValueError(f"`dense_std` must be one of {DENSE_STDS}, got {std!r}")
 
 
 def check_dense_values(values: Any, completion_ids: Sequence[Sequence[int]], name: str) -> list[torch.Tensor | None]:
     """Validate the output of `score_dense` against `completion_ids`; returns one float32 (T_i,) tensor or `None` each.
+
+    A `None` value inside a row (no value at that token) becomes NaN.
 
     Raises:
         `ValueError` naming the reward `name` (and the completion index) when the number of rows or of values in a
@@ -53,7 +62,7 @@ def check_dense_values(values: Any, completion_ids: Sequence[Sequence[int]], nam
             out.append(None)
             continue
         try:
-            tensor = torch.as_tensor(row, dtype=torch.float32).detach().cpu()
+            tensor = _row_tensor(row)
         except (TypeError, ValueError) as err:
             raise ValueError(f"dense reward '{name}': values of completion {i} are not numbers ({err})") from None
         if tensor.ndim != 1 or tensor.numel() != len(ids):
@@ -61,20 +70,30 @@ def check_dense_values(values: Any, completion_ids: Sequence[Sequence[int]], nam
                 f"dense reward '{name}' returned {tensor.numel()} values (shape {tuple(tensor.shape)}) for "
                 f"completion {i}, which has {len(ids)} policy tokens: return one value per token of completion_ids[i]"
             )
-        bad = (~torch.isfinite(tensor)).nonzero()
+        given = [v is not None for v in row] if not isinstance(row, torch.Tensor) else [True] * tensor.numel()
+        bad = (~torch.isfinite(tensor) & torch.tensor(given, dtype=torch.bool)).nonzero()
         if bad.numel():
             position = int(bad[0])
             raise ValueError(
                 f"dense reward '{name}': completion {i} has a non-finite value {tensor[position].item()} at token "
-                f"{position}; return None for an unscorable completion instead"
+                f"{position}; return None for a token without a value, or for an unscorable completion"
             )
         out.append(tensor)
     return out
 
 
-def pad_dense(values: Sequence[Sequence[float] | torch.Tensor | None], width: int | None = None) -> torch.Tensor:
+def _row_tensor(row: Sequence[float | None] | torch.Tensor) -> torch.Tensor:
+    """One row of dense values as a float32 CPU tensor, NaN for a `None` value."""
+    if isinstance(row, torch.Tensor):
+        return row.detach().to("cpu", torch.float32).flatten()
+    return torch.tensor([math.nan if v is None else v for v in row], dtype=torch.float32)
+
+
+def pad_dense(
+    values: Sequence[Sequence[float | None] | torch.Tensor | None], width: int | None = None
+) -> torch.Tensor:
     """Right-pad rows of dense values into a float32 (B, T) tensor, NaN where a row has no value (or is `None`)."""
-    rows = [None if v is None else torch.as_tensor(v, dtype=torch.float32).flatten() for v in values]
+    rows = [None if v is None else _row_tensor(v) for v in values]
     longest = max((r.numel() for r in rows if r is not None), default=0)
     width = longest if width is None else width
     if width < longest:
@@ -87,15 +106,20 @@ def pad_dense(values: Sequence[Sequence[float] | torch.Tensor | None], width: in
 
 
 def normalize_dense(
-    values: torch.Tensor, group_size: int, *, normalization: str = "group_std", eps: float = 1e-4
+    values: torch.Tensor,
+    group_size: int,
+    *,
+    normalization: str = "group_std",
+    eps: float = 1e-4,
+    std: str = "sample",
 ) -> torch.Tensor:
     """Per-position group normalisation of NaN-padded dense values (B, T) -> advantages (B, T), 0 where NaN.
 
     Rows `[k * group_size, (k + 1) * group_size)` form group `k`. At each position `t` the mean (and, for
-    `"group_std"`, the sample standard deviation, as TRL's `nanstd`) are taken over the group's rows whose value at
-    `t` is not NaN. Positions with fewer than two values get 0.
+    `"group_std"`, the standard deviation: `"sample"` as TRL's `nanstd`, `"population"` as the authors) are taken over
+    the group's rows whose value at `t` is not NaN. Positions with fewer than two values get 0.
     """
-    check_dense_options(normalization, eps)
+    check_dense_options(normalization, eps, std)
     if values.ndim != 2:
         raise ValueError(f"`values` must be a (B, T) tensor, got shape {tuple(values.shape)}")
     batch, width = values.shape
@@ -108,39 +132,63 @@ def normalize_dense(
     mean = torch.where(present, grouped, 0.0).sum(dim=1, keepdim=True) / count.clamp(min=1)
     centered = torch.where(present, grouped - mean, 0.0)  # (G, n, T)
     if normalization == "group_std":
-        std = ((centered**2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()  # Bessel, as TRL
-        centered = centered / (std + eps)
+        dof = (count - 1).clamp(min=1) if std == "sample" else count.clamp(min=1)  # Bessel (TRL) or not (authors)
+        spread = ((centered**2).sum(dim=1, keepdim=True) / dof).sqrt()
+        centered = centered / (spread + eps)
     advantages = torch.where(present & (count > 1), centered, 0.0)
     return advantages.view(batch, width).to(torch.float32)
 
 
 def dense_advantages(
-    values: Sequence[Sequence[float] | None], group_size: int, *, normalization: str = "group_std", eps: float = 1e-4
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Advantages (B, T) of per-token values, normalised per position across each group, and the (B, T) value mask.
+    values: Sequence[Sequence[float | None] | None],
+    group_size: int,
+    *,
+    normalization: str = "group_std",
+    eps: float = 1e-4,
+    std: str = "sample",
+) -> list[list[float] | None]:
+    """Per-token advantages of dense values, normalised per position across each group: what `DenseGRPOTrainer`
+    trains on (before it adds the other rewards' scalar part).
+
+    At each position `t` of a group, the values present there (rows long enough, values not `None`) give a mean and
+    a standard deviation; `"group_std"` returns `(r_t - mean_t) / (std_t + eps)`, `"group_mean"` returns
+    `r_t - mean_t`. A position with fewer than two values, and every `None` value, gets 0: a token without a verifier
+    value (the policy's EOS, unless the reward scores it) is never compared with real tokens, so stopping is not
+    rewarded by itself. An empty completion scored `empty_value` below its group gets a negative advantage where its
+    tokens are.
 
     Args:
-        values (`list[list[float] | None]`): one list per completion (consecutive groups of `group_size`); `None`
-            for a completion without dense values (its advantages are 0).
+        values (`list[list[float | None] | None]`): one row per completion, as `score_dense` returns them
+            (consecutive groups of `group_size`); a `None` row has no dense values (its result row is `None`).
         group_size (`int`): completions per prompt (`num_generations`).
         normalization (`str`, *optional*, defaults to `"group_std"`): `"group_std"` or `"group_mean"`.
         eps (`float`, *optional*, defaults to `1e-4`): added to the per-position std.
+        std (`str`, *optional*, defaults to `"sample"`): `"sample"` (Bessel's correction, as TRL's scalar
+            advantages) or `"population"` (the paper authors' rule: 0.935x the sample std's advantages for G=8).
 
     Returns:
-        `tuple[torch.Tensor, torch.Tensor]`: float32 advantages (B, T) with `T` the longest row, and a bool mask
-        (B, T) of the positions that carry a value.
+        `list[list[float] | None]`: one row per completion, the same lengths as `values`.
 
     Example:
 
     ```python
-    >>> adv, mask = dense_advantages([[1.0, 2.0], [3.0]], 2, normalization="group_mean")
-    >>> adv
-    tensor([[-1.,  0.],
-            [ 1.,  0.]])
+    >>> from cme_reward import dense_advantages
+    >>> dense_advantages([[1.0, 2.0, None], [3.0, None]], 2, normalization="group_mean")
+    [[-1.0, 0.0, 0.0], [1.0, 0.0]]
     ```
     """
-    padded = pad_dense(values)  # (B, T)
-    return normalize_dense(padded, group_size, normalization=normalization, eps=eps), ~torch.isnan(padded)
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise ValueError(f"`values` must be a list of rows (lists of floats or None), got {type(values).__name__}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"`group_size` must be an int >= 1, got {group_size!r}")
+    rows = []
+    for i, row in enumerate(values):
+        try:
+            rows.append(None if row is None else _row_tensor(row))
+        except (TypeError, ValueError):
+            raise ValueError(f"`values[{i}]` must be a list of floats or None, got {row!r:.80}") from None
+    advantages = normalize_dense(pad_dense(rows), group_size, normalization=normalization, eps=eps, std=std)
+    return [None if row is None else advantages[i, : row.numel()].tolist() for i, row in enumerate(rows)]
 
 
 def scalar_advantages(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.extras.profiling import profiling_context
 from trl.trainer.utils import nanstd
 
-from .advantages import check_dense_options, check_dense_values, normalize_dense, pad_dense, scalar_advantages
+from .advantages import check_dense_options, check_dense_values, dense_advantages, pad_dense, scalar_advantages
 
 __all__ = ["DENSE_LOSS_TYPES", "DenseGRPOConfig", "DenseGRPOTrainer", "is_dense_reward"]
 
@@ -49,6 +50,9 @@ class DenseGRPOConfig(GRPOConfig):
             `"group_mean"`: `r_t - mean_t`. A position covered by a single completion gets 0.
         dense_eps (`float`, *optional*, defaults to `1e-4`):
             Added to `std_t` (TRL's scalar advantages and the paper's code use `1e-4`).
+        dense_std (`str`, *optional*, defaults to `"sample"`):
+            `std_t` with Bessel's correction (`"sample"`, as TRL's scalar advantages) or without it
+            (`"population"`, as the paper authors' code).
 
     Example:
 
@@ -64,9 +68,13 @@ class DenseGRPOConfig(GRPOConfig):
         metadata={"help": "Per-position normalisation of dense values: 'group_std' or 'group_mean'."},
     )
     dense_eps: float = field(default=1e-4, metadata={"help": "Added to the per-position std ('group_std')."})
+    dense_std: str = field(
+        default="sample",
+        metadata={"help": "Per-position std: 'sample' (Bessel, as TRL) or 'population' (the paper authors' code)."},
+    )
 
     def __post_init__(self):
-        check_dense_options(self.dense_normalization, self.dense_eps)
+        check_dense_options(self.dense_normalization, self.dense_eps, self.dense_std)
         super().__post_init__()
 
 
@@ -79,7 +87,7 @@ class _TokenMean:
     """Stands in for a dense reward inside TRL's `_calculate_rewards`: returns its precomputed per-token means."""
 
     def __init__(self, rows: list[torch.Tensor | None]):
-        self.means = [None if r is None or r.numel() == 0 else float(r.double().mean()) for r in rows]
+        self.means = [None if r is None or not bool((~r.isnan()).any()) else float(r.double().nanmean()) for r in rows]
 
     def __call__(self, **kwargs: Any) -> list[float | None]:
         return self.means
@@ -135,6 +143,7 @@ class DenseGRPOTrainer(GRPOTrainer):
         self._check_options(self.args)
         self.dense_normalization = getattr(self.args, "dense_normalization", "group_std")
         self.dense_eps = getattr(self.args, "dense_eps", 1e-4)
+        self.dense_std = getattr(self.args, "dense_std", "sample")
         for func in self.reward_funcs:  # rewards that read the policy tokenizer in `__call__` (CME's `score_eos`)
             if getattr(func, "policy_tokenizer", False) is None:
                 func.policy_tokenizer = self._policy_tokenizer()
@@ -148,7 +157,8 @@ class DenseGRPOTrainer(GRPOTrainer):
 
     @staticmethod
     def _check_options(config: Any) -> None:
-        check_dense_options(getattr(config, "dense_normalization", "group_std"), getattr(config, "dense_eps", 1e-4))
+        check_dense_options(getattr(config, "dense_normalization", "group_std"), getattr(config, "dense_eps", 1e-4),
+                            getattr(config, "dense_std", "sample"))  # fmt: skip
         loss_type = getattr(config, "loss_type", None)
         if loss_type not in DENSE_LOSS_TYPES:
             raise ValueError(
@@ -230,8 +240,13 @@ class DenseGRPOTrainer(GRPOTrainer):
         local_rows, local_width = output["completion_ids"].shape
         width = max(local_width, *(v.size(1) for v in pending["values"].values()))
         advantages = scalar.unsqueeze(1).expand(-1, width).clone()  # (B_all, T)
-        for i, values in pending["values"].items():
-            dense = normalize_dense(values, group, normalization=self.dense_normalization, eps=self.dense_eps)
+        for i, values in pending["values"].items():  # (B_all, T) NaN-padded, gathered across ranks
+            rows = [
+                [None if math.isnan(v) else v for v in row[:n]] for row, n in zip(values.tolist(), lengths.tolist())
+            ]
+            dense_rows = dense_advantages(rows, group, normalization=self.dense_normalization, eps=self.dense_eps,
+                                          std=self.dense_std)  # fmt: skip
+            dense = pad_dense(dense_rows, values.size(1)).nan_to_num(0.0)  # (B_all, T)
             advantages[:, : dense.size(1)] += float(self.reward_weights[i]) * dense.to(advantages.device)
             self._log_dense(mode, self.reward_func_names[i], values, dense)
         in_completion = torch.arange(width, device=advantages.device) < lengths.unsqueeze(1)  # (B_all, T)
