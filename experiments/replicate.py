@@ -45,13 +45,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .settings import ARMS, DEFAULT_OUT, SMOKE, Settings, read_json, write_json
+from .settings import ARMS, AUTHORS_BETA, DEFAULT_OUT, SMOKE, Settings, read_json, write_json
 
 __all__ = ["load_prompts", "main", "run"]
 
 logger = logging.getLogger(__name__)
 
-REWARD_NAMES = {"b": "cme", "c": "cme_dense", "d": "self_likelihood", "e": "verifier_entropy"}
+REWARD_NAMES = {"b": "cme", "c": "cme_dense", "d": "self_likelihood", "e": "verifier_entropy", "f": "cme_paper",
+                "g": "cme_paper_guard"}  # fmt: skip
+DENSE_ARMS = ("c", "f", "g")
 EMPTY_VALUE = -50.0  # the authors' score of an empty completion during training
 
 
@@ -187,16 +189,27 @@ def train_arm(arm: str, settings: Settings, train_rows: list[dict], verifier: _V
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from cme_reward import CrossModelEntropyReward, DenseGRPOConfig, DenseGRPOTrainer
+    from cme_reward import CMEConfig, CrossModelEntropyReward, DenseGRPOConfig, DenseGRPOTrainer
 
     start = time.perf_counter()
     model, tokenizer = load_policy(settings.policy)
     policy_seconds = time.perf_counter() - start
     name = REWARD_NAMES[arm]
+    authors = arm in ("f", "g")
     if arm == "d":
         reward = CrossModelEntropyReward(settings.policy, name=name, empty_value=EMPTY_VALUE, show_progress_bar=False)
+    elif authors:  # the authors' open-ended configs: token-level CME, no box penalty; (g) adds the guard
+        paper = CMEConfig.from_paper(token_level=True, no_box_penalty=0.0, repetition_guard=arm == "g")
+        reward = verifier.reward(name, config=paper)
     else:
         reward = verifier.reward(name, empty_value=EMPTY_VALUE, **({"metric": "entropy"} if arm == "e" else {}))
+    if authors:  # TRL builds the KL reference model from the policy's path: give the GGUF-rebuilt policy one
+        base = arm_dir.parent.parent / "base_policy"
+        if not (base / "config.json").is_file():
+            model.save_pretrained(base.with_suffix(".tmp"))
+            tokenizer.save_pretrained(base.with_suffix(".tmp"))
+            base.with_suffix(".tmp").rename(base)
+        model.config._name_or_path = str(base)
     funcs, weights = [reward], [1.0]
     monitor = None
     if arm != "b":  # (b) trains on the monitored quantity itself
@@ -214,12 +227,15 @@ def train_arm(arm: str, settings: Settings, train_rows: list[dict], verifier: _V
             self.seconds.append(time.perf_counter() - self.begin)
 
     on_gpu = torch.cuda.is_available()
-    config_class, trainer_class = (DenseGRPOConfig, DenseGRPOTrainer) if arm == "c" else (GRPOConfig, GRPOTrainer)
+    dense = arm in DENSE_ARMS
+    config_class, trainer_class = (DenseGRPOConfig, DenseGRPOTrainer) if dense else (GRPOConfig, GRPOTrainer)
+    extra = {"dense_std": "population", "dense_normalization": "group_std"} if authors else {}
     config = config_class(
         output_dir=str(arm_dir / "trainer"), use_cpu=not on_gpu, bf16=on_gpu, report_to="none", seed=settings.seed,
         per_device_train_batch_size=settings.num_generations * settings.prompts_per_step,
         num_generations=settings.num_generations, max_completion_length=settings.max_completion_length,
-        max_steps=settings.steps, learning_rate=settings.learning_rate, beta=settings.beta,
+        max_steps=settings.steps, learning_rate=settings.learning_rate,
+        beta=AUTHORS_BETA if authors else settings.beta, **extra,
         temperature=settings.temperature, logging_steps=1, save_strategy="no", disable_tqdm=True,
         reward_weights=weights, gradient_checkpointing=False,  # TRL turns it on; on a CPU it only costs time
     )  # fmt: skip
@@ -380,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--out", default=DEFAULT_OUT, help="output directory; rerunning resumes from it (default: %(default)s)")
-    add("--arms", default="a,b,c,d", help="arms to run, in order, from a,b,c,d,e (default: %(default)s)")
+    add("--arms", default="a,b,c,d,f,g", help="arms to run, in order, from a-g (default: %(default)s)")
     add("--smoke", action="store_true", help="tiny settings (a few steps, a few tokens): checks the pipeline only")
     add("--report", default=None, help="write the report here (default: <out>/replication.md)")
     add("--keep-policies", action="store_true", help="keep each trained arm's weights under <out>/arms/<arm>/policy")

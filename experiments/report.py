@@ -44,7 +44,7 @@ def load_run(run: str | Path) -> dict[str, Any]:
     if settings is None:
         raise FileNotFoundError(f"{run}/settings.json not found: is {run} the --out of a replication run?")
     arms = {}
-    for name in ("a", "b", "c", "d", "e"):
+    for name in ARMS:
         record = {k: _load(run / path) for k, path in
                   (("train", f"arms/{name}/train.json"), ("eval", f"arms/{name}/eval.json"),
                    ("judge", f"judge/{name}.json"))}  # fmt: skip
@@ -345,10 +345,10 @@ def _degeneration(m: dict, bm: dict) -> str:
 
 def _self_reinforcement(evals: dict, bm: dict, deltas: dict) -> list[str]:
     """One sentence on the paper's claim that self-referential rewards collapse where a cross-model one does not."""
-    if "d" not in evals or not {"b", "c"} & set(evals):
+    if "d" not in evals or not {"b", "c", "f", "g"} & set(evals):
         return []
     flagged = {arm for arm in evals if arm != "a" and _degeneration(evals[arm]["metrics"], bm).startswith("Signs")}
-    cross = sorted(flagged & {"b", "c", "e"})
+    cross = sorted(flagged & {"b", "c", "e", "f", "g"})
     names = ", ".join(f"({a})" for a in cross)
     if "d" in flagged and not cross:
         text = ("only the self-likelihood control (d) shows signs of degeneration, as the paper's claim predicts; "
@@ -444,7 +444,8 @@ def _reading(st: dict, arms: dict, evals: dict, deltas: dict, judged: dict) -> l
     return out
 
 
-ARMS_SHORT = {"b": "scalar CME", "c": "dense CME", "d": "self-likelihood", "e": "verifier entropy"}
+ARMS_SHORT = {"b": "scalar CME", "c": "dense CME", "d": "self-likelihood", "e": "verifier entropy",
+              "f": "dense CME, the authors' settings", "g": "dense CME, the authors' settings + guard"}  # fmt: skip
 
 
 def write_report(run: str | Path, out: str | Path) -> Path:

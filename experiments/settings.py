@@ -13,7 +13,7 @@ from typing import Any
 
 from cme_reward.files.atomic import write_atomic
 
-__all__ = ["ARMS", "DEFAULT_OUT", "SMOKE", "Settings", "read_json", "write_json"]
+__all__ = ["ARMS", "AUTHORS_BETA", "DEFAULT_OUT", "SMOKE", "Settings", "read_json", "write_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,10 @@ ARMS = {
     "c": "GRPO, dense CME (DenseGRPOTrainer)",
     "d": "GRPO, self-likelihood (frozen copy of the generator)",
     "e": "GRPO, verifier predictive entropy",
+    "f": "GRPO, dense CME with the authors' settings (from_paper token level, population std, KL 0.01)",
+    "g": "(f) with the repetition guard",
 }
+AUTHORS_BETA = 0.01  # the authors' KL coefficient (config_quality*.yaml), used by arms (f) and (g)
 
 
 @dataclass(frozen=True)

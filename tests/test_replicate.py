@@ -284,7 +284,7 @@ def test_smoke_run_resumes_and_reports(tmp_path, fake_judge, monkeypatch):
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
     argv = ["--smoke", "--out", str(out), "--policy", str(policy), "--verifier", str(verifier), "--prompts",
-            str(prompts), "--arms", "a,b,c,d,e", "--learning-rate", "1e-2"]  # fmt: skip
+            str(prompts), "--arms", "a,b,c,d,e,f,g", "--learning-rate", "1e-2"]  # fmt: skip
     monkeypatch.delenv("CME_JUDGE_URL", raising=False)
     replicate.main(argv)
 
@@ -292,7 +292,7 @@ def test_smoke_run_resumes_and_reports(tmp_path, fake_judge, monkeypatch):
     assert len(held["heldout"]) == 4 and held["heldout"][0]["id"] == "p0"  # a fixed held-out row stays held out
     heldout_ids = {r["id"] for r in held["heldout"]}
     assert not heldout_ids & {r["id"] for r in held["train"]}
-    evals = {arm: json.loads((out / "arms" / arm / "eval.json").read_text()) for arm in "abcde"}
+    evals = {arm: json.loads((out / "arms" / arm / "eval.json").read_text()) for arm in "abcdefg"}
     for arm, result in evals.items():
         assert [s["id"] for s in result["samples"]] == [r["id"] for r in held["heldout"]]
         assert all(s["length"] <= 8 for s in result["samples"])
@@ -328,7 +328,7 @@ def test_smoke_run_resumes_and_reports(tmp_path, fake_judge, monkeypatch):
     monkeypatch.setenv("CME_JUDGE_MODEL", "fake-judge")
     judge_module.main(["--run", str(out)])
     verdicts = json.loads((out / "judge" / "b.json").read_text())
-    assert verdicts["n"] == 4 and len(server.requests) == 4 * 4
+    assert verdicts["n"] == 4 and len(server.requests) == 4 * 6  # arms (b) to (g) against (a)
     assert [p["outcome"] for p in verdicts["pairs"]] == [float(p["candidate_first"]) for p in verdicts["pairs"]]
     from experiments.report import main as report_main
 
