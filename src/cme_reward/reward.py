@@ -170,8 +170,8 @@ class CrossModelEntropyReward:
             show_progress_bar (`bool`, *optional*): overrides the instance setting.
 
         Raises:
-            `TypeError` / `ValueError` naming the argument and index of a malformed input;
-            `FloatingPointError` if the verifier yields non-finite values (e.g. float16 overflow).
+            `TypeError` / `ValueError`: a malformed input (the message names the argument and the index).
+            `FloatingPointError`: the verifier yields non-finite values (e.g. float16 overflow).
 
         Example:
 

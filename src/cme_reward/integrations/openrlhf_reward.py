@@ -56,8 +56,8 @@ def reward_func(queries: list[str], prompts: list[str], labels: list[Any] | None
         tensors of shape `(len(queries),)`.
 
     Raises:
-        `ValueError`: a query does not start with its prompt. `RemoteError` / `UnreachableError`: the server
-        refused the request or could not be reached.
+        `ValueError`: a query does not start with its prompt.
+        `RemoteError` / `UnreachableError`: the server refused the request or could not be reached.
 
     Example:
 

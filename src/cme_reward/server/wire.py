@@ -93,7 +93,7 @@ def split_query(
 
     Raises:
         `ValueError`: `query` does not start with `prompt` (e.g. OpenRLHF cut an over-long prompt from the left:
-        raise `--data.max_len` or shorten prompts).
+            raise `--data.max_len` or shorten prompts).
 
     Example:
 

@@ -47,8 +47,8 @@ def check_dense_values(values: Any, completion_ids: Sequence[Sequence[int]], nam
     A `None` value inside a row (no value at that token) becomes NaN.
 
     Raises:
-        `ValueError` naming the reward `name` (and the completion index) when the number of rows or of values in a
-        row differs from the completions / their token counts, or when a value is not finite.
+        `ValueError`: the number of rows or of values in a row differs from the completions / their token counts,
+            or a value is not finite (the message names the reward `name` and the completion index).
     """
     if values is None or isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
         raise ValueError(f"dense reward '{name}': score_dense must return a list, got {type(values).__name__}")
