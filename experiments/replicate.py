@@ -4,7 +4,7 @@ better, and does it avoid the collapse that self-referential rewards cause?
 One command (from the repository root; offline, models and prompts from registry packages, see README):
 
     python -m experiments.replicate                      # the default run, about an hour on 2 CPU cores
-    python -m experiments.report                         # docs/replication.md and its PNG curves from the outputs
+    python -m experiments.report                         # the report again, <out>/replication.md and its PNG curves
 
 Arms, all with the same seeds, steps and sampling budget:
 

@@ -1,10 +1,13 @@
 """The replication report: Markdown tables, PNG curves and a candid reading, regenerated from a run's outputs alone.
 
-    python -m experiments.report                                  # outputs/replication -> docs/replication.md
+    python -m experiments.report                       # outputs/replication -> outputs/replication/replication.md
     python -m experiments.report --run outputs/my-run --out my-run.md
+    python -m experiments.report --out docs/replication.md   # the committed report: only when asked for
 
-The PNGs are written next to the Markdown file (`<name>_curves.png`, `<name>_lengths.png`); without matplotlib the
-report says so and keeps the tables.
+The report is written next to the run (`<run>/replication.md`) unless `--out` says otherwise. The PNGs are written next
+to the Markdown file (`<name>_curves.png`, `<name>_lengths.png`) when matplotlib is installed (`pip install
+matplotlib`, or the `experiments` extra: `pip install -e ".[experiments]"`); without it the report keeps the tables and
+says how to get the curves.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ PAPER = "52.5-71.4 %"  # the paper's tie-adjusted win rates, 0.5-1B generators, 
 SIDE_BY_SIDE = 3  # held-out prompts shown with every arm's response
 CLIP = 360  # characters of a response shown side by side
 SMOOTH = 5  # steps in the running mean of the curves
+NO_MATPLOTLIB = (
+    "no PNG curves: matplotlib is not installed (`pip install matplotlib`, or the `experiments` extra: "
+    '`pip install -e ".[experiments]"`), then rerun the report to add them'
+)
 
 
 def _load(path: Path) -> Any:
@@ -93,15 +100,17 @@ def _smooth(values: tuple[float, ...]) -> list[float]:
     return [sum(values[max(0, i - SMOOTH + 1) : i + 1]) / (i + 1 - max(0, i - SMOOTH + 1)) for i in range(len(values))]
 
 
-def _curves(data: dict, path: Path) -> list[str]:
-    """Training curves and held-out length distributions as PNGs; returns the file names written."""
+def _curves(data: dict, path: Path) -> list[str] | None:
+    """Training curves and held-out length distributions as PNGs; returns the file names written (`None`: no
+    matplotlib)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return []
+        logger.warning("%s", NO_MATPLOTLIB)
+        return None
     from io import BytesIO
 
     written = []
@@ -155,7 +164,7 @@ def _quarter_trend(steps: list[dict], key: str) -> tuple[float | None, float | N
 
 
 def render(data: dict, images: list[str] | None = None) -> str:
-    """The report's Markdown from `load_run` output (no file access)."""
+    """The report's Markdown from `load_run` output (no file access); `images=None`: matplotlib was missing."""
     st, arms, runs = data["settings"], data["arms"], data["runs"] or {}
     seed = int(st["seed"])
     evals = {k: v["eval"] for k, v in arms.items() if v.get("eval")}
@@ -247,8 +256,10 @@ def render(data: dict, images: list[str] | None = None) -> str:
     lines += ["", "## Training curves and compute", ""]
     for name in images or []:
         lines += [f"![{name}]({name})", ""]
-    if not images:
-        lines += ["(No PNG curves: matplotlib is not installed, or nothing was trained.)", ""]
+    if images is None:
+        lines += [f"({NO_MATPLOTLIB[0].upper()}{NO_MATPLOTLIB[1:]}.)", ""]
+    elif not images:
+        lines += ["(No PNG curves: nothing was trained.)", ""]
     lines += [
         "Verifier share: seconds inside the training reward's verifier over the seconds of the GRPO steps. "
         "`verifier tokens`: tokens run through the reward model's body (prompt once per group plus responses). "
@@ -448,9 +459,10 @@ ARMS_SHORT = {"b": "scalar CME", "c": "dense CME", "d": "self-likelihood", "e": 
               "f": "dense CME, the authors' settings", "g": "dense CME, the authors' settings + guard"}  # fmt: skip
 
 
-def write_report(run: str | Path, out: str | Path) -> Path:
-    """Write the Markdown report of `run` to `out` and its PNGs next to it; returns `out`."""
-    out = Path(out)
+def write_report(run: str | Path, out: str | Path | None = None) -> Path:
+    """Write the Markdown report of `run` to `out` (`None`: `<run>/replication.md`) and its PNGs next to it; returns
+    the report's path."""
+    out = Path(run) / "replication.md" if out is None else Path(out)
     data = load_run(run)
     images = _curves(data, out)
     write_atomic(out, render(data, images))
@@ -461,7 +473,10 @@ def write_report(run: str | Path, out: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=DEFAULT_OUT, help="output directory of a replication run (%(default)s)")
-    parser.add_argument("--out", default="docs/replication.md", help="the Markdown report (%(default)s)")
+    parser.add_argument(
+        "--out",
+        help="the Markdown report (default: <run>/replication.md; the committed docs/replication.md only when named)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     write_report(args.run, args.out)

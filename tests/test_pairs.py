@@ -36,6 +36,46 @@ def test_completion_column_fallback_and_conversational_values(tmp_path):
     assert pairs.responses[1] == "text"
 
 
+def test_response_column_is_decided_once_per_file(tmp_path):
+    rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}, {"prompt": "e", "completion": "f"}]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    expected = (
+        "line 3: missing column 'response' (this file's response column, chosen from line 1; this row has 'prompt', "
+        "'completion'): use one column name for all rows, or pass --response-column"
+    )
+    with pytest.raises(InputError, match=re.escape(f"in.jsonl: {expected}")):
+        load_pairs(path)
+    pairs = load_pairs(path, skip_bad=True)
+    assert pairs.responses == ["b", "d"] and pairs.skipped == [(3, expected.removeprefix("line 3: "))]
+    with pytest.raises(InputError, match=re.escape("line 1: missing column 'completion' (given by --response-column; "
+                                                   "this row has 'prompt', 'response')")):  # fmt: skip
+        load_pairs(path, response_column="completion")
+
+
+def test_response_column_is_chosen_from_the_first_row_that_has_one(tmp_path):
+    rows = [{"prompt": "a", "answer": "b"}, {"prompt": "c", "completion": "d"}, {"prompt": "e", "response": "f"}]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    with pytest.raises(InputError, match=re.escape("line 1: missing column 'response' (or 'completion') (this row "
+                                                   "has 'prompt', 'answer'): name the response column with "
+                                                   "--response-column")):  # fmt: skip
+        load_pairs(path)
+    pairs = load_pairs(path, skip_bad=True)
+    assert pairs.response_column == "completion" and pairs.responses == ["d"]
+    assert [loc for loc, _ in pairs.skipped] == [1, 3] and "chosen from line 2" in pairs.skipped[1][1]
+
+
+def test_as_chat_makes_plain_prompts_one_user_turn(tmp_path):
+    conv = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    rows = [{"prompt": "2 + 2?", "response": "4"}, {"prompt": conv, "response": "x"}]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    pairs = load_pairs(path, as_chat=True)
+    assert pairs.as_chat and pairs.prompts == [[{"role": "user", "content": "2 + 2?"}], conv]
+    assert pairs.responses == ["4", "x"]  # scored as the assistant's answer
+    assert load_pairs(path).prompts[0] == "2 + 2?" and not load_pairs(path).as_chat
+    with pytest.raises(InputError, match="as_chat turns plain prompt columns into messages"):
+        load_pairs(path, messages_column="messages", as_chat=True)
+
+
 def test_messages_column_splits_at_last_assistant(tmp_path):
     msgs = [
         {"role": "system", "content": "be brief"},
@@ -86,7 +126,7 @@ def test_parquet_and_dataset_rows(tmp_path):
 
 
 BAD_ROWS = [
-    ('{"prompt": "p"}\n', r"missing column 'response' \(or 'completion'\)"),
+    ('{"prompt": "p"}\n', r"missing column 'response' \(this file's response column, chosen from line 1; this row"),
     ('{"response": "r"}\n', "missing column 'prompt'"),
     ('{"prompt": 7, "response": "r"}\n', "column 'prompt' must be a string or a list.*got number"),
     ('{"prompt": null, "response": "r"}\n', "column 'prompt' must be .*got null"),

@@ -65,6 +65,32 @@ def test_bad_jsonl_line_is_named_or_skipped(tmp_path, line, pattern):
     assert [r.location for r in records] == [1, 3] and [loc for loc, _ in skipped] == [2]
 
 
+MESSAGES = '{"id": 7, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"]}'
+
+
+@pytest.mark.parametrize(
+    ("line", "column"),
+    [
+        (MESSAGES, MESSAGES.index("]") + 1),  # a message's closing brace is missing in the middle of the line
+        ('{"prompt": "p", "response": "r"', 32),  # the row's closing brace is missing at the end of the line
+        ('{"prompt": "p", "response": "r"   \r', 32),  # ... before trailing whitespace
+    ],
+)
+def test_jsonl_error_points_at_the_fault(tmp_path, line, column):
+    path = tmp_path / "data.jsonl"
+    path.write_text(GOOD + line + "\n" + GOOD)
+    with pytest.raises(InputError, match=rf"data\.jsonl: line 2: invalid JSON \(Expecting ',' delimiter at column "
+                                         rf"{column}\)$"):  # fmt: skip
+        read_records(path)
+
+
+def test_json_array_error_points_at_the_line_of_the_fault(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text('[\n  {\n    "prompt": "p",\n    "response": "r"\n    "id": 3\n  }\n]\n')  # no ',' after "r"
+    with pytest.raises(InputError, match=r"data\.json: line 4: invalid JSON \(Expecting ',' delimiter at column 20\)"):
+        read_records(path)
+
+
 def test_non_utf8_line_is_named_or_skipped(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_bytes(GOOD.encode() + b'{"prompt": "caf\xe9", "response": "r"}\n' + GOOD.encode())
@@ -82,7 +108,7 @@ FATAL = [
     ("d.csv", b"prompt,prompt\np,r\n", False, r"d\.csv: line 1: duplicate column names.*'prompt'"),
     ("d.json", b'[\n{"prompt": "p", "response": "r"},\n{"prompt": oops}\n]', True, r"d\.json: line 3: invalid JSON"),
     ("d.json", b'[{"prompt": "p", "response": "r"}\n{"prompt": "p", "response": "r"}]', False,
-     r"d\.json: line 2: invalid JSON array"),
+     r"d\.json: line 1: invalid JSON array \(expected ',' or '\]' after an element, at column 34\)"),
     ("d.json", b'[{"prompt": "p", "response": "r"}] {}', True,
      r"d\.json: line 1: unexpected data after the JSON array"),
     ("one.json", b'{\n "data": [{"prompt": "a", "response": "b"}]\n}\n', True,

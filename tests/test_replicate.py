@@ -267,6 +267,33 @@ def test_judge_options_and_environment(monkeypatch):
     assert "k" not in json.dumps(judge.describe())
 
 
+# ---- report ---------------------------------------------------------------------------------------------------------
+
+
+def test_report_goes_next_to_the_run_and_needs_no_matplotlib(tmp_path, monkeypatch, caplog):
+    import dataclasses
+    import sys
+
+    from experiments import report
+    from experiments.settings import Settings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "settings.json").write_text(json.dumps(dataclasses.asdict(Settings())))
+    committed = tmp_path / "docs" / "replication.md"
+    committed.parent.mkdir()
+    committed.write_text("the committed report")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
+    report.main(["--run", str(run)])
+    text = (run / "replication.md").read_text()
+    assert committed.read_text() == "the committed report"  # written only when --out names it
+    assert "matplotlib is not installed (`pip install matplotlib`, or the `experiments` extra" in text
+    assert "pip install matplotlib" in caplog.text and not list(run.glob("*.png"))
+    report.main(["--run", str(run), "--out", str(committed)])
+    assert committed.read_text() == text
+
+
 # ---- smoke run ------------------------------------------------------------------------------------------------------
 
 

@@ -1,8 +1,9 @@
-"""(prompt, response) pairs from input rows: `prompt` + `response` columns (the response column falls back to
-`completion`), or one messages column (a list of `{"role", "content"}` dicts) whose last assistant message is the
-response and the messages before it the prompt (messages after it are ignored). A bad row raises
-`cme_reward.files.readers.InputError` naming the file, the line/row and the problem; with `skip_bad=True` it
-is skipped and listed in `PairSet.skipped` instead. No model code."""
+"""(prompt, response) pairs from input rows: `prompt` + `response` columns, or one messages column (a list of
+`{"role", "content"}` dicts) whose last assistant message is the response and the messages before it the prompt
+(messages after it are ignored). The response column is decided once per file: the one given, else `response`, or
+`completion` when the first row that has either has only `completion`; a later row without it is a bad row that says
+which column the file uses. A bad row raises `cme_reward.files.readers.InputError` naming the file, the line/row and
+the problem; with `skip_bad=True` it is skipped and listed in `PairSet.skipped` instead. No model code."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 Prompt = str | list[dict[str, Any]]
 Response = str | list[dict[str, Any]]
 
+RESPONSE_COLUMNS = ("response", "completion")  # looked for in this order when no response column is given
+
 
 @dataclass
 class PairSet:
@@ -37,6 +40,7 @@ class PairSet:
     prompt_column: str | None = None
     response_column: str | None = None
     messages_column: str | None = None
+    as_chat: bool = False  # plain-text prompts were turned into one user message
 
     def __len__(self) -> int:
         return len(self.records)
@@ -50,9 +54,14 @@ class _RowProblem(InputError):
     """A problem of one row, reported with its location (or skipped with --skip-bad)."""
 
 
+def _has(row: dict[str, Any]) -> str:
+    """`"this row has 'prompt', 'completion'"`: what a missing-column message shows of the row."""
+    return f"this row has {', '.join(map(repr, row))}" if row else "this row has no columns"
+
+
 def _prompt_value(row: dict[str, Any], column: str) -> Prompt:
     if column not in row:
-        raise _RowProblem(f"missing column {column!r} (columns: {', '.join(map(repr, row)) or 'none'})")
+        raise _RowProblem(f"missing column {column!r} ({_has(row)})")
     value = row[column]
     if isinstance(value, str):
         return value
@@ -69,9 +78,7 @@ def _prompt_value(row: dict[str, Any], column: str) -> Prompt:
     )
 
 
-def _response_value(row: dict[str, Any], column: str, tried: str) -> Response:
-    if column not in row:
-        raise _RowProblem(f"missing column {tried} (columns: {', '.join(map(repr, row)) or 'none'})")
+def _response_value(row: dict[str, Any], column: str) -> Response:
     value = row[column]
     if isinstance(value, str):
         return value
@@ -84,10 +91,38 @@ def _response_value(row: dict[str, Any], column: str, tried: str) -> Response:
     raise _RowProblem(f"column {column!r} must be a string or one assistant message, got {json_type(value)}")
 
 
+class _ResponseColumn:
+    """The file's response column: the one given, else the first of `RESPONSE_COLUMNS` found in a row (then kept
+    for every later row, so that one file never mixes two columns)."""
+
+    def __init__(self, given: str | None, unit: str):
+        self.name, self.given, self.unit = given, given is not None, unit
+        self.chosen_at: int | None = None  # the row it was chosen from
+
+    def of(self, row: dict[str, Any], location: int) -> str:
+        """The column to read in `row`; raises `_RowProblem` when the row lacks it."""
+        if self.name is None:
+            found = next((c for c in RESPONSE_COLUMNS if c in row), None)
+            if found is None:
+                raise _RowProblem(
+                    f"missing column 'response' (or 'completion') ({_has(row)}): name the response column with "
+                    "--response-column"
+                )
+            self.name, self.chosen_at = found, location
+        if self.name not in row:
+            if self.given:
+                raise _RowProblem(f"missing column {self.name!r} (given by --response-column; {_has(row)})")
+            raise _RowProblem(
+                f"missing column {self.name!r} (this file's response column, chosen from {self.unit} "
+                f"{self.chosen_at}; {_has(row)}): use one column name for all rows, or pass --response-column"
+            )
+        return self.name
+
+
 def _split_messages(row: dict[str, Any], column: str) -> tuple[Prompt, str]:
     """Last assistant message -> response; the messages before it -> prompt ("" when there are none)."""
     if column not in row:
-        raise _RowProblem(f"missing column {column!r} (columns: {', '.join(map(repr, row)) or 'none'})")
+        raise _RowProblem(f"missing column {column!r} ({_has(row)})")
     value = row[column]
     if isinstance(value, str) and value.lstrip().startswith("["):  # CSV cells hold messages as JSON text
         try:
@@ -118,6 +153,7 @@ def load_pairs(
     prompt_column: str = "prompt",
     response_column: str | None = None,
     messages_column: str | None = None,
+    as_chat: bool = False,
     split: str | None = None,
     skip_bad: bool = False,
     limit: int | None = None,
@@ -125,24 +161,44 @@ def load_pairs(
     """Read an input and extract its (prompt, response) pairs.
 
     Args:
-        path: the input file or datasets directory.
-        prompt_column: column holding the prompt (a string, or a list of messages).
-        response_column: column holding the response; `None` uses `response`, or `completion` when the first
-            row has no `response` but has `completion`.
-        messages_column: take both from one list-of-messages column instead (the last assistant message is the
-            response); exclusive with the other two.
-        split: split of a saved `DatasetDict` (needed when it has several).
-        skip_bad: skip bad rows (listed in `PairSet.skipped`) instead of raising `InputError`.
-        limit: stop after this many usable rows.
+        path (`str` or `Path`): the input file or datasets directory.
+        prompt_column (`str`, *optional*, defaults to `"prompt"`): column holding the prompt (a string, or a list of
+            messages).
+        response_column (`str`, *optional*): column holding the response; `None` uses `response`, or `completion`
+            when the first row that has either has only `completion`. Every row must then use that same column.
+        messages_column (`str`, *optional*): take both from one list-of-messages column instead (the last assistant
+            message is the response); exclusive with the other two.
+        as_chat (`bool`, *optional*, defaults to `False`): score a plain-text prompt as a conversation: it becomes
+            `[{"role": "user", "content": prompt}]` (the verifier's chat template applies) and the response its
+            assistant answer. Prompts that already are messages are kept. Not with `messages_column`.
+        split (`str`, *optional*): split of a saved `DatasetDict` (needed when it has several).
+        skip_bad (`bool`, *optional*, defaults to `False`): skip bad rows (listed in `PairSet.skipped`) instead of
+            raising `InputError`.
+        limit (`int`, *optional*): stop after this many usable rows.
+
+    Returns:
+        [`PairSet`]: the usable rows and their pairs, in input order.
 
     Raises:
-        InputError: a bad row (without `skip_bad`), an unreadable file, or no usable row at all.
+        InputError: a bad row (without `skip_bad`), an unreadable file, no usable row at all, or `as_chat` with
+            `messages_column`.
+
+    Example:
+
+    ```python
+    >>> pairs = load_pairs("pairs.jsonl", as_chat=True)
+    >>> pairs.prompts[0], pairs.response_column
+    ([{'role': 'user', 'content': 'What is 2 + 2?'}], 'response')
+    ```
     """
     if limit is not None and limit < 1:
         raise InputError(f"limit must be a positive integer, got {limit}")
+    if as_chat and messages_column is not None:
+        raise InputError("as_chat turns plain prompt columns into messages; a messages column already holds them")
     path = Path(path)
     unit, items = iter_records(path, split=split)
-    out = PairSet(path=path, unit=unit)
+    out = PairSet(path=path, unit=unit, as_chat=as_chat)
+    responses = _ResponseColumn(response_column, unit)
     if messages_column is not None:
         out.messages_column = messages_column
     else:
@@ -155,15 +211,10 @@ def load_pairs(
                 if messages_column is not None:
                     prompt, response = _split_messages(row, messages_column)
                 else:
-                    if out.response_column is None:
-                        out.response_column = response_column or (
-                            "completion" if "response" not in row and "completion" in row else "response"
-                        )
-                    tried = repr(out.response_column)
-                    if response_column is None and out.response_column == "response":
-                        tried = "'response' (or 'completion')"
                     prompt = _prompt_value(row, prompt_column)
-                    response = _response_value(row, out.response_column, tried)
+                    response = _response_value(row, responses.of(row, location))
+                    if as_chat and isinstance(prompt, str):
+                        prompt = [{"role": "user", "content": prompt}]
             except _RowProblem as err:
                 problem = str(err)
         if problem is not None:
@@ -174,6 +225,7 @@ def load_pairs(
         out.records.append(Record(location, row))
         out.prompts.append(prompt)
         out.responses.append(response)
+    out.response_column = responses.name if messages_column is None else None
     if out.skipped:
         shown = "; ".join(f"{unit} {loc}: {why}" for loc, why in out.skipped[:5])
         more = f" (and {len(out.skipped) - 5} more)" if len(out.skipped) > 5 else ""

@@ -52,6 +52,19 @@ def json_type(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
+def _fault(text: str, pos: int) -> tuple[int, int]:
+    """1-based (line, column) of a JSON error at `pos`, placed where the fault is. The decoder reports the token at
+    which it gave up; when whitespace with a line break lies before that token (a missing `}` or `,` at the end of a
+    line), the fault is just after the last character before the whitespace, not at the start of the next line."""
+    start = pos
+    while start > 0 and text[start - 1] in " \t\r\n":
+        start -= 1
+    if "\n" in text[start:pos] or (pos == len(text) and start < pos):
+        pos = start
+    line = text.count("\n", 0, pos) + 1
+    return line, pos - text.rfind("\n", 0, pos)
+
+
 def _utf8_problem(raw: bytes) -> str | None:
     try:
         raw.decode("utf-8")
@@ -77,7 +90,7 @@ def _iter_jsonl(path: Path, first_line: int = 1, data: bytes | None = None) -> I
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as err:
-                yield lineno, None, f"invalid JSON ({err.msg} at column {err.colno})"
+                yield lineno, None, f"invalid JSON ({err.msg} at column {_fault(text, err.pos)[1]})"
                 continue
             if not isinstance(obj, dict):
                 yield lineno, None, f"expected a JSON object, got a JSON {json_type(obj)}"
@@ -119,8 +132,9 @@ def _iter_json(path: Path) -> Iterator[Item]:
             try:
                 obj, end = decoder.raw_decode(text, idx)
             except json.JSONDecodeError as err:
+                at, column = _fault(text, err.pos)
                 raise InputError(
-                    f"{path}: line {err.lineno}: invalid JSON ({err.msg} at column {err.colno}); "
+                    f"{path}: line {at}: invalid JSON ({err.msg} at column {column}); "
                     "a malformed JSON array cannot be read past this point"
                 ) from None
             if _SURROGATE.search(text, idx, end):
@@ -136,8 +150,10 @@ def _iter_json(path: Path) -> Iterator[Item]:
                 idx += 1
                 break
             else:
-                at = text.count("\n", 0, idx) + 1
-                raise InputError(f"{path}: line {at}: invalid JSON array (expected ',' or ']' after an element)")
+                at, column = _fault(text, idx)
+                raise InputError(
+                    f"{path}: line {at}: invalid JSON array (expected ',' or ']' after an element, at column {column})"
+                )
     if _WS.match(text, idx).end() != len(text):
         at = text.count("\n", 0, idx) + 1
         raise InputError(f"{path}: line {at}: unexpected data after the JSON array")

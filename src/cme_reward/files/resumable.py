@@ -2,7 +2,9 @@
 
 On disk, for an output `out.jsonl`:
 
-- `out.jsonl.partial`: the rows written so far. Chunks are appended, then flushed and `fsync`-ed;
+- `out.jsonl.partial`: the rows written so far. Chunks are appended, then flushed and `fsync`-ed; the caller decides
+  where a chunk ends (`cme-reward score`: after `--chunk-rows` rows or `--checkpoint-seconds` of scoring, whichever
+  comes first);
 - `out.jsonl.ckpt.json`: the checkpoint, rewritten atomically (temporary file + `fsync` + `os.replace`) after
   each chunk. It holds `rows_done` and `bytes_done` (the byte length of the valid prefix of the partial file),
   `rows_total`, the input fingerprint (byte size + SHA-256 of the content) and the options that shape the output;
@@ -90,6 +92,7 @@ class ResumableWriter:
         self.chunk_rows = chunk_rows
         self.rows_done = 0
         self.bytes_done = 0
+        self.rows_saved = 0  # rows the checkpoint on disk holds: what a rerun keeps
         self.state: str | None = None  # "fresh", "resumed" or "complete" after open()
         self._fh = None
         self._lock_fd: int | None = None
@@ -216,7 +219,7 @@ class ResumableWriter:
                 raise CheckpointError(
                     f"{self.output} does not match {self.checkpoint_path}; delete the checkpoint or pass --overwrite"
                 )
-            self.rows_done, self.bytes_done, self.state = rows, size, "complete"
+            self.rows_done, self.bytes_done, self.rows_saved, self.state = rows, size, rows, "complete"
             self.checkpoint_path.unlink(missing_ok=True)  # the earlier run stopped just before this cleanup
             return rows
         have = self.partial_path.stat().st_size if self.partial_path.exists() else -1
@@ -235,7 +238,7 @@ class ResumableWriter:
             self._fh.flush()
             os.fsync(self._fh.fileno())
         self._fh.seek(size)
-        self.rows_done, self.bytes_done, self.state = rows, size, "resumed"
+        self.rows_done, self.bytes_done, self.rows_saved, self.state = rows, size, rows, "resumed"
         logger.info("resuming %s at row %d of %d", self.output, rows, self.rows_total)
         return rows
 
@@ -243,7 +246,7 @@ class ResumableWriter:
         self.output.parent.mkdir(parents=True, exist_ok=True)
         self._fh = self.partial_path.open("w+b")  # truncates a stale partial file
         os.fsync(self._fh.fileno())
-        self.rows_done, self.bytes_done, self.state = 0, 0, "fresh"
+        self.rows_done, self.bytes_done, self.rows_saved, self.state = 0, 0, 0, "fresh"
         self._save_checkpoint()
         return 0
 
@@ -287,6 +290,7 @@ class ResumableWriter:
         self.rows_done += len(rows)
         self.bytes_done += len(data)
         self._save_checkpoint()
+        self.rows_saved = self.rows_done
 
     def finish(self) -> Path:
         """Publish the output (atomic rename of the complete partial file) and remove the checkpoint and lock."""

@@ -8,6 +8,12 @@ Conversational pair (TRL conversational data):
     response ids = tokenizer(assistant content, add_special_tokens=False).input_ids
     A verifier without a chat template gets the plain format "<role>: <content>\n" per message then "assistant: ",
     tokenized like a plain prompt.
+A plain-text prompt is scored as raw text even when the verifier's tokenizer has a chat template; an instruct verifier
+then usually scores the pair much lower than the same pair as messages. [`PairEncoder`] warns once about it, unless
+the text is already templated: it contains one of the verifier tokenizer's special tokens or a common chat-template
+marker (`CHAT_MARKERS`: `<|im_start|>`, `<|start_header_id|>`, `[INST]`, `<start_of_turn>`...). That is how the
+OpenRLHF path (`/get_reward`, `integrations/openrlhf_reward.py`), whose prompts arrive rendered by the policy's own
+template, stays silent; an empty prompt (a messages row with nothing before the assistant turn) is not warned about.
 A blank response (no non-whitespace character: `"   "`, `"\n\n"`) is empty: it has no token to score, like `""`,
 and gets the configured `empty_value`. An empty context starts with the tokenizer's BOS token (else its EOS token) so
 the first response token is scored; with neither, the first response token becomes the context and is not scored.
@@ -23,10 +29,14 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EncodedPair", "PairEncoder", "check_batch", "clean_text", "normalize_messages", "response_text",
-           "token_strings"]  # fmt: skip
+__all__ = ["CHAT_MARKERS", "EncodedPair", "PairEncoder", "check_batch", "clean_text", "normalize_messages",
+           "response_text", "token_strings"]  # fmt: skip
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
+# text that only a prompt already rendered by a chat template contains (ChatML/Qwen/SmolLM, Llama 3, Llama 2/Mistral,
+# Gemma, Phi/Zephyr, gpt-oss, DeepSeek); the verifier's own special tokens count too
+CHAT_MARKERS = ("<|im_start|>", "<|start_header_id|>", "[INST]", "<start_of_turn>", "<|user|>", "<|assistant|>",
+                "<|start|>", "<｜User｜>", "<｜Assistant｜>")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -131,10 +141,14 @@ class PairEncoder:
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.start_ids = [start] if start is not None else []
         self._warned_truncation = False
+        self._warned_plain = not self.has_chat_template  # without a template there is nothing to warn about
+        self._markers: tuple[str, ...] | None = None
 
     def context_ids(self, prompt: Any, where: str) -> list[int]:
         tok = self.tokenizer
         if isinstance(prompt, str):
+            if not self._warned_plain:
+                self._check_plain(prompt)
             ids = tok(clean_text(prompt)).input_ids
         elif isinstance(prompt, list):
             messages = normalize_messages(prompt, where)
@@ -147,6 +161,22 @@ class PairEncoder:
         else:
             raise TypeError(f"{where} must be a string or a list of messages, got {type(prompt).__name__}")
         return list(ids) or (list(self.start_ids) if self.start_token else [])
+
+    def _check_plain(self, prompt: str) -> None:
+        """Warn (once per encoder, so once per reward) that a plain-text prompt skips the verifier's chat template,
+        unless the text is empty or already templated (see the module docstring)."""
+        if self._markers is None:
+            special = getattr(self.tokenizer, "all_special_tokens", None) or []
+            self._markers = tuple(m for m in {*CHAT_MARKERS, *special} if isinstance(m, str) and m.strip())
+        if not prompt.strip() or any(marker in prompt for marker in self._markers):
+            return
+        self._warned_plain = True
+        logger.warning(
+            "A plain-text prompt is scored as raw text, but the verifier's tokenizer has a chat template: an "
+            "instruct verifier usually scores such a pair much lower than the same pair as a conversation. To "
+            'score it as one, pass the prompt as messages ([{"role": "user", "content": prompt}]); in the '
+            "cme-reward CLI, --messages-column or --as-chat. Warning once."
+        )
 
     def prompt_text_ids(self, prompt: Any) -> tuple[int, ...]:
         """The prompt's own text (a string, or its messages' contents joined by newlines) as tokens, no specials."""

@@ -37,8 +37,8 @@ async def read_json(request: Any, max_body_bytes: int) -> dict:
 
 
 def list_field(data: dict, name: str, *, required: bool = True) -> list | None:
-    """`data[name]`, which must be a list; `None` when it is absent and not `required`."""
-    if name not in data and not required:
+    """`data[name]`, which must be a list; `None` when it is absent or `null` and not `required`."""
+    if data.get(name) is None and not required:
         return None
     if name not in data:
         raise RequestError(422, f"missing field `{name}`")
