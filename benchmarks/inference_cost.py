@@ -14,16 +14,14 @@ import argparse
 import json
 from pathlib import Path
 
-from cme_reward.files.atomic import write_atomic
-
+from .lib.cli import entry_parser
 from .lib.presets import build_config, flop_model
 from .lib.report import own_peak_fraction
-from .lib.results import load_reports
+from .lib.results import RESULTS, load_reports, results_path, write_result
 from .lib.targets import check_targets, targets_markdown
 
-__all__ = ["main", "render"]
+__all__ = ["build_parser", "main", "render"]
 
-RESULTS = Path(__file__).resolve().parent / "results"
 H100_BF16 = 989e12
 # H100 anchor rates, bfloat16: a sorted, selective-log-prob scorer without prefix sharing, 256 pairs, prompt 30-300 /
 # response 20-700 tokens. Their quoted MFU matches tok/s x 2 x params, so tok/s counts context + response tokens.
@@ -78,7 +76,8 @@ def measured_table(rep: dict, methods: set[str] | None) -> str:
         if methods is not None and name.split(":")[0] not in methods:
             continue
         foreign = max(r.get("foreign_cpus_all") or [0.0])
-        flag = f" (disturbed: other processes used {foreign:.1f} CPUs)" if foreign > 0.1 else ""
+        disturbed = foreign > 0.1 and not r.get("remote")  # a server's own work is not a disturbance
+        flag = f" (disturbed: other processes used {foreign:.1f} CPUs)" if disturbed else ""
         diff = r.get("max_abs_score_diff")
         frac = own_peak_fraction(r)
         mfu = f"{100 * r['mfu_spec']:.0f} %" if r.get("mfu_spec") else "-"
@@ -230,20 +229,22 @@ def render(reports: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(parts)
 
 
-def main(argv: list[str] | None = None) -> str:
-    """Render the section, write it to `--out` and print it; returns the text."""
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.inference_cost",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m benchmarks.inference_cost`."""
+    p = entry_parser("inference_cost", __doc__)
     p.add_argument("--results", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--prompt-tokens", type=int, default=200)
     p.add_argument("--response-tokens", type=int, default=300)
-    p.add_argument("--out", type=Path, default=RESULTS / "inference_cost.md")
+    p.add_argument("--out", type=Path, default=results_path("inference_cost.md"))
     p.add_argument("--all-methods", action="store_true", help="also list (e) and (g), the engine ablations")
+    return p
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Render the section, write it to `--out` and print it; returns the text."""
+    p = build_parser()
     args = p.parse_args(argv)
     for key in ("prompts", "group_size", "prompt_tokens", "response_tokens"):
         if getattr(args, key) < 1:
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> str:
     if not args.results.is_dir():
         p.error(f"--results: {args.results} is not a folder")
     text = render(load_results(args.results), args)
-    write_atomic(args.out, text)
+    write_result(args.out, text)
     print(text)
     return text
 

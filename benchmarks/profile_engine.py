@@ -10,21 +10,18 @@ import time
 
 import torch
 
+from .lib.cli import entry_parser
 from .lib.machine import DTYPES
 from .lib.methods import FACTORIES
 from .lib.presets import PRESETS, build_model
 from .lib.workload import make_workload
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Profile one method once (after a warm-up on one group) and print the op table."""
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.profile_engine",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m benchmarks.profile_engine`."""
+    p = entry_parser("profile_engine", __doc__)
     p.add_argument("--preset", default="smollm2-135m", choices=sorted(PRESETS))
     p.add_argument("--method", default="d", choices=sorted(FACTORIES))
     p.add_argument("--prompts", type=int, default=4)
@@ -35,7 +32,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", type=int, default=8192)
     p.add_argument("--attn", default=None)
     p.add_argument("--rows", type=int, default=25, help="rows of the op table")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Profile one method once (after a warm-up on one group) and print the op table."""
+    args = build_parser().parse_args(argv)
     model = build_model(args.preset, attn_implementation=args.attn).to(DTYPES[args.dtype])
     work = make_workload(args.prompts, args.group_size, tuple(args.prompt_len), tuple(args.response_len),
                          model.config.vocab_size, 0)  # fmt: skip

@@ -1,12 +1,16 @@
 """Benchmark teacher-forced scoring on a GRPO-shaped workload: naive loop, lm-eval HFLM, cme_reward without and with
-prefix sharing, on the same pairs in one run.
+prefix sharing, a vLLM server, on the same pairs in one run.
 
     python -m benchmarks.scoring --preset smollm2-135m --prompts 24 --group-size 4 \\
         --prompt-len 50 300 --response-len 50 300 --methods a,b,c,d,d:bfloat16 --out benchmarks/results/NAME.json
+    python -m benchmarks.scoring --model-dir DIR --vllm-url http://127.0.0.1:PORT --methods a,c,d,v   # real weights
     python -m benchmarks.scoring --replot benchmarks/results/NAME.json     # redraw a saved run's chart
 
-Methods are `KEY` or `KEY:DTYPE` (KEY in a, b, c, d, e, g; DTYPE float32 | bfloat16, default `--dtype`). Writes a
-JSON with machine info and every number, and a PNG chart next to it. Not a test: nothing here asserts on timing.
+Methods are `KEY` or `KEY:DTYPE` (KEY in a, b, c, d, e, g, h, v; DTYPE float32 | bfloat16, default `--dtype`). The
+verifier is a random-init preset of a real shape, or with `--model-dir` a saved model's real weights; method v scores
+the pairs on the vLLM server at `--vllm-url` (skipped without one), which must serve the same weights for its scores
+to match. Every float32 method's per-pair means are checked against (a)'s (1e-4). Writes a JSON with machine info and
+every number, and a PNG chart next to it. Not a test: nothing here asserts on timing.
 """
 
 from __future__ import annotations
@@ -18,31 +22,37 @@ from pathlib import Path
 
 import torch
 
-from cme_reward.files.atomic import write_atomic
-
 from .lib.chart import chart
+from .lib.cli import entry_parser
 from .lib.machine import DTYPES, gpu_spec_peak, machine_info, measure_peaks
 from .lib.measure import setup_malloc, timed, wait_idle
 from .lib.methods import FACTORIES, Method
-from .lib.presets import PRESETS, build_config, build_model, converted_copy, flop_model
-from .lib.report import markdown_table, reference_name, summarize
-from .lib.results import portable_path
+from .lib.presets import PRESETS, build_config, build_model, converted_copy, flop_model, load_model_dir, shape_of
+from .lib.report import markdown_table, mismatches, reference_name, summarize
+from .lib.results import portable_name, portable_path, results_path, write_result
 from .lib.workload import Pair, Workload, flop_summary, make_workload
 
-__all__ = ["main", "parse_args", "parse_methods"]
+__all__ = ["build_parser", "main", "parse_args", "parse_methods"]
 
 logger = logging.getLogger(__name__)
-RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = dict(prompts=3, group_size=4, prompt_len=(8, 24), response_len=(8, 24), repeats=1)
 DEFAULTS = dict(prompts=24, group_size=4, prompt_len=(50, 300), response_len=(50, 300), repeats=1)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options; `--quick` fills unset workload options with a tiny workload."""
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.scoring", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m benchmarks.scoring` (checked further by [`parse_args`])."""
+    p = entry_parser("scoring", __doc__)
     p.add_argument("--preset", default="smollm2-135m", choices=sorted(PRESETS))
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="score a saved model's real weights (a transformers directory, e.g. the one a vLLM server serves) "
+        "instead of a random-init preset",
+    )
+    p.add_argument("--vllm-url", default=None, metavar="URL", help="method v: a vLLM server, http://HOST:PORT")
+    p.add_argument("--vllm-model", default=None, metavar="ID", help="method v: served model id (default: the only)")
     p.add_argument("--prompts", type=int, help="P (default 24; 3 with --quick)")
     p.add_argument("--group-size", type=int, help="G completions per prompt (default 4)")
     p.add_argument("--prompt-len", type=int, nargs=2, metavar=("LO", "HI"), help="default 50 300")
@@ -51,9 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
         "--methods",
-        default="a,b,c,d",
+        default="a,b,c,d,v",
         help="comma list of KEY or KEY:DTYPE; KEY: a naive, b lm-eval, c no prefix sharing, d full, "
-        "e chunked head, g packing",
+        "e chunked head, g packing, h entropy metric, v the vLLM server at --vllm-url",
     )
     p.add_argument("--budget", type=int, default=8192, help="cme max_tokens_per_batch")
     p.add_argument(
@@ -88,10 +98,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "close to real SmolLM2 weights' (python -m benchmarks.bf16_real_check)",
     )
     p.add_argument("--attn", default=None, help="attn_implementation (default: transformers' choice, sdpa)")
-    p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/<preset>.json)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default benchmarks/results/<preset or DIR name>.json)"
+    )
     p.add_argument("--no-chart", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny workload, one repeat, small matmul probe")
     p.add_argument("--replot", type=Path, default=None, metavar="JSON", help="only redraw the chart of a saved run")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; `--quick` fills unset workload options with a tiny workload."""
+    p = build_parser()
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
@@ -104,9 +122,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.device = torch.device(args.device)
     if args.lm_eval_batch_size is None:
         args.lm_eval_batch_size = 16 if args.device.type == "cuda" else 1
+    if args.model_dir is not None and not (args.model_dir / "config.json").is_file():
+        p.error(f"--model-dir: {args.model_dir} is not a saved model (no config.json)")
+    args.name = args.model_dir.resolve().name if args.model_dir else args.preset
     if args.out is None:
-        args.out = RESULTS / f"{args.preset}.json"
+        args.out = results_path(f"{args.name}.json")
     args.method_specs = parse_methods(args.methods, args.dtype, error=p.error)
+    if args.vllm_url and "v" not in {key for key, _ in args.method_specs}:
+        p.error("--vllm-url is given but --methods lists no v")
     return args
 
 
@@ -140,10 +163,23 @@ def method_name(key: str, dtype: str, default_dtype: str) -> str:
     return key if dtype == default_dtype else f"{key}:{dtype}"
 
 
+def verifier_config(args: argparse.Namespace):
+    """The verifier's `transformers` config: the saved model's (`--model-dir`) or the preset's."""
+    if args.model_dir is None:
+        return build_config(args.preset)
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(args.model_dir)
+
+
 def build_models(args: argparse.Namespace, dtypes: set[str]) -> dict[str, torch.nn.Module]:
-    """One random init (float32), converted to each dtype the methods need: every dtype scores the same weights."""
-    base = build_model(args.preset, device=args.device, seed=args.seed, logit_std=args.logit_std or None,
-                       attn_implementation=args.attn)  # fmt: skip
+    """One float32 model (random init, or `--model-dir`'s weights), converted to each dtype the methods need: every
+    dtype scores the same weights."""
+    if args.model_dir is not None:
+        base = load_model_dir(args.model_dir, device=args.device, attn_implementation=args.attn)
+    else:
+        base = build_model(args.preset, device=args.device, seed=args.seed, logit_std=args.logit_std or None,
+                           attn_implementation=args.attn)  # fmt: skip
     models = {}
     for name in sorted(dtypes, key=lambda d: d != "float32"):
         if name == "float32":
@@ -154,11 +190,25 @@ def build_models(args: argparse.Namespace, dtypes: set[str]) -> dict[str, torch.
     return models
 
 
+def load_tokenizer(args: argparse.Namespace):
+    """`--model-dir`'s tokenizer when it has one (method v checks the server's against it), else `None`."""
+    files = ("tokenizer.json", "tokenizer.model")
+    if args.model_dir is None or not any((args.model_dir / f).is_file() for f in files):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(args.model_dir)
+
+
 def setup_methods(args, models: dict[str, torch.nn.Module]) -> tuple[dict[str, Method], dict[str, str]]:
     methods, skipped = {}, {}
+    options = dict(budget=args.budget, lm_eval_batch_size=args.lm_eval_batch_size, vllm_url=args.vllm_url,
+                   vllm_model=args.vllm_model, tokenizer=load_tokenizer(args) if args.vllm_url else None)  # fmt: skip
+    if args.vllm_url and args.model_dir is None:
+        logger.warning("--vllm-url without --model-dir: (v) scores the served weights, the others a random init")
     for key, dtype in args.method_specs:
         name = method_name(key, dtype, args.dtype)
-        made = FACTORIES[key](models[dtype], budget=args.budget, lm_eval_batch_size=args.lm_eval_batch_size)
+        made = FACTORIES[key](models[dtype], **options)
         if isinstance(made, str):
             skipped[name] = made
             logger.warning("skipping %s: %s", name, made)
@@ -168,12 +218,15 @@ def setup_methods(args, models: dict[str, torch.nn.Module]) -> tuple[dict[str, M
 
 
 def timed_run(args, name: str, method: Method, pairs: list[Pair]) -> tuple[object, dict]:
-    """One timed run; on CPU, waits for a quiet machine first and retries a run that other processes disturbed."""
+    """One timed run; on CPU, waits for a quiet machine first and retries a run that other processes disturbed. A
+    remote method's server is another process: its load is the run's own work, not a disturbance (never retried),
+    and this process's peak memory says nothing about it (`None`)."""
     cpu = args.device.type == "cpu"
-    for attempt in range(1 + (args.retries if cpu else 0)):  # noqa: B007 - reported below
+    for attempt in range(1 + (args.retries if cpu and not method.remote else 0)):  # noqa: B007 - reported below
         waited = wait_idle(args.max_foreign, args.wait_idle) if cpu and args.wait_idle else 0.0
         out, seconds, peak, foreign = timed(lambda: method.run(pairs), args.device)
-        if foreign <= args.max_foreign or not cpu:
+        peak = None if method.remote else peak
+        if foreign <= args.max_foreign or not cpu or method.remote or attempt == args.retries:
             break
         logger.warning("  %s: %.2f s disturbed (other processes %.2f CPUs), retrying", name, seconds, foreign)
     return out, dict(seconds=seconds, peak_bytes=peak, foreign_cpus=foreign, waited_s=waited, attempts=attempt + 1)
@@ -198,17 +251,16 @@ def run_all(args, methods: dict[str, Method], work: Workload) -> dict[str, dict]
     return runs
 
 
-def model_shapes(preset: str) -> list[tuple[int, int, int]]:
+def model_shapes(config) -> list[tuple[int, int, int]]:
     """(m, k, n) of the verifier's own matmuls at 512 rows: MLP up and down, and a 2048-row slice of the LM head."""
-    cfg = build_config(preset)
-    h, i = cfg.hidden_size, cfg.intermediate_size
+    h, i = config.hidden_size, config.intermediate_size
     return [(512, h, i), (512, i, h), (512, h, 2048)]
 
 
-def peaks_of(args, previous: dict | None = None) -> dict[str, dict]:
+def peaks_of(args, config, previous: dict | None = None) -> dict[str, dict]:
     """Measured matmul peak of both dtypes (the better of this and `previous`)."""
     sizes = (256, 512) if args.quick and args.device.type == "cpu" else None
-    return measure_peaks(args.device, sizes=sizes, shapes=None if args.quick else model_shapes(args.preset),
+    return measure_peaks(args.device, sizes=sizes, shapes=None if args.quick else model_shapes(config),
                          retries=args.retries, max_foreign=args.max_foreign, wait_idle_s=args.wait_idle,
                          previous=previous)  # fmt: skip
 
@@ -232,6 +284,7 @@ def replot(path: Path) -> Path | None:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the report written to `--out`."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # method v: one line per request otherwise
     args = parse_args(argv)
     if args.replot:
         png = replot(args.replot)
@@ -241,25 +294,27 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     setup_malloc()
     specs = args.method_specs
-    config = build_config(args.preset)
+    config = verifier_config(args)
     work = make_workload(args.prompts, args.group_size, tuple(args.prompt_len), tuple(args.response_len),
                          config.vocab_size, args.seed)  # fmt: skip
-    peaks = peaks_of(args)
+    peaks = peaks_of(args, config)
     models = build_models(args, {d for _, d in specs})
     flops = flop_summary(work, flop_model(config))
     methods, skipped = setup_methods(args, models)
-    logger.info("%s: %s", args.preset, work.summary())
+    logger.info("%s: %s", args.name, work.summary())
     runs = run_all(args, methods, work)
-    peaks = peaks_of(args, peaks)  # again after the runs: the better of the two
+    peaks = peaks_of(args, config, peaks)  # again after the runs: the better of the two
     spec_peaks = {n: gpu_spec_peak(args.device, dt) for n, dt in DTYPES.items()}
     dtypes = {method_name(k, d, args.dtype): d for k, d in specs}
     results = summarize(runs, methods, dtypes=dtypes, work=work, useful_flops=flops["useful"]["total"], peaks=peaks,
                         spec_peaks=spec_peaks, default_dtype=args.dtype)  # fmt: skip
-    recorded = {k: v for k, v in vars(args).items() if k not in ("method_specs", "replot")}
+    recorded = {k: v for k, v in vars(args).items() if k not in ("method_specs", "replot", "name")}
     recorded["out"] = portable_path(args.out)
+    recorded["model_dir"] = portable_name(args.model_dir and str(args.model_dir))
+    recorded["vllm_model"] = portable_name(args.vllm_model)
     report = {
-        "preset": args.preset,
-        "config": dict(PRESETS[args.preset]),
+        "preset": args.name,  # with --model-dir: the directory's name (real weights of that shape)
+        "config": shape_of(config) if args.model_dir else dict(PRESETS[args.preset]),
         "args": {k: str(v) if isinstance(v, (Path, torch.device)) else v for k, v in recorded.items()},
         "machine": machine_info(args.device),
         "matmul_peak": peaks,
@@ -276,8 +331,12 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_chart:
         png = chart(args.out.with_suffix(".png"), results, title=chart_title(report), peaks=peaks)
         report["chart"] = png.name if png else None  # next to the JSON
-    write_atomic(args.out, json.dumps(report, indent=1))
+    report["score_mismatches"] = mismatches(results)
+    write_result(args.out, report)
     print(report["table"])
+    for name, diff in report["score_mismatches"].items():
+        logger.error("%s: per-pair means differ from %s's by %.1e (tolerance %.0e)", name, report["reference"], diff,
+                     results[name]["score_tolerance"])  # fmt: skip
     logger.info("wrote %s", args.out)
     return report
 

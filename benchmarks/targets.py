@@ -10,23 +10,18 @@ import argparse
 import logging
 from pathlib import Path
 
-from cme_reward.files.atomic import write_atomic
-
-from .lib.results import load_reports
+from .lib.cli import entry_parser
+from .lib.results import RESULTS, load_reports, write_result
 from .lib.targets import RUNS, check_targets, targets_markdown
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 logger = logging.getLogger(__name__)
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    """Optionally run target configs, then write `targets.md` in the results folder; returns the checks."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.targets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m benchmarks.targets`."""
+    p = entry_parser("targets", __doc__)
     p.add_argument(
         "--run",
         nargs="*",
@@ -38,6 +33,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument(
         "--extra", nargs=argparse.REMAINDER, default=[], help="more `python -m benchmarks.scoring` arguments"
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Optionally run target configs, then write `targets.md` in the results folder; returns the checks."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    p = build_parser()
     args = p.parse_args(argv)
     unknown = [name for name in args.run or [] if name not in RUNS]
     if unknown:
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             scoring.main([*RUNS[name], "--out", str(args.results / f"{name}.json"), *args.extra])
     checks = check_targets(load_reports(args.results))
     table = targets_markdown(checks)
-    write_atomic(args.results / "targets.md", table + "\n")
+    write_result(args.results / "targets.md", table)
     print(table)
     return checks
 

@@ -19,6 +19,7 @@ pytest.importorskip("uvicorn")
 from starlette.testclient import TestClient  # noqa: E402
 
 from cme_reward import CrossModelEntropyReward  # noqa: E402
+from cme_reward.errors import RequestError  # noqa: E402
 from cme_reward.server import app as server  # noqa: E402
 from cme_reward.server.app import create_app, serve_in_thread  # noqa: E402
 from cme_reward.server.wire import DEFAULT_MISSING_REWARD, strip_special_suffixes  # noqa: E402
@@ -106,6 +107,28 @@ def test_get_reward_empty_lists(client):
     assert answer.status_code == 200
     assert answer.json() == {"rewards": [], "scores": [], "extra_logs": {"cme": [], "cme_scored": []}}
     assert client.post("/score", json={"prompts": [], "responses": []}).json() == {"scores": []}
+
+
+def test_get_reward_accepts_null_labels(client, reward):
+    prompt = chat_prompt(reward, USER)
+    body = {"query": [prompt + "Blue."], "prompts": [prompt]}
+    expected = client.post("/get_reward", json=body).json()
+    answer = client.post("/get_reward", json={**body, "labels": None})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == expected and expected["extra_logs"]["cme_scored"] == [1.0]
+
+
+def test_plain_prompt_warning_once_on_score_never_on_get_reward(qwen_dir, caplog):
+    fresh = CrossModelEntropyReward(qwen_dir, show_progress_bar=False)  # its encoder has not warned yet
+    prompt = chat_prompt(fresh, USER)
+    warning = "A plain-text prompt is scored as raw text"
+    with caplog.at_level(logging.WARNING, logger="cme_reward.scoring.formatting"), TestClient(create_app(fresh)) as c:
+        for _ in range(2):  # OpenRLHF's prompts arrive templated, as plain text: nothing to warn about
+            assert c.post("/get_reward", json={"query": [prompt + "Blue."], "prompts": [prompt]}).status_code == 200
+        assert warning not in caplog.text
+        for _ in range(2):
+            assert c.post("/score", json={"prompts": ["2 + 2 =", "3 + 3 ="], "responses": [" 4", " 6"]}).is_success
+    assert caplog.text.count(warning) == 1 and "--as-chat" in caplog.text
 
 
 def test_get_reward_missing_score_gets_missing_reward(reward):
@@ -304,6 +327,128 @@ def test_concurrent_requests_are_batched_and_isolated(reward):
     assert got == pytest.approx(reward.score(prompts, responses), abs=1e-4)
     # 13 one-pair requests in a few calls, each of at most 6 pairs (a failed merged call is retried per request)
     assert max(spy.calls) <= 6 and len([c for c in spy.calls if c > 1]) >= 2
+
+
+class Gated:
+    """A fake reward: `score(prompts, responses)` records each call's pairs and answers `prompt|response` codes; while
+    `gate` is clear, the first call blocks (a batch "being scored"), so that the test can queue requests meanwhile."""
+
+    def __init__(self):
+        self.calls: list[list[tuple[str, str]]] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def score(self, prompts, responses):
+        self.calls.append(list(zip(prompts, responses)))
+        self.entered.set()
+        assert self.gate.wait(30)
+        if any(r == "bad" for r in responses):
+            raise ValueError("a bad response")
+        return [f"{p}|{r}" for p, r in zip(prompts, responses)]
+
+
+async def _while_busy(batcher, reward: Gated, requests: list[tuple[list, list]]) -> list:
+    """Start one request ("first"), queue `requests` while it is being scored, then let scoring go on; returns the
+    answers of `requests` (an exception for a failed one)."""
+    first = asyncio.ensure_future(batcher.score(["first"], ["x"]))
+    while not reward.entered.is_set():
+        await asyncio.sleep(0.001)
+    queued = [asyncio.ensure_future(batcher.score(p, r)) for p, r in requests]
+    await asyncio.sleep(0.01)  # every request is queued
+    reward.gate.set()
+    answers = await asyncio.gather(first, *queued, return_exceptions=True)
+    await batcher.close()
+    return answers[1:]
+
+
+def test_batcher_merges_requests_for_one_prompt():
+    """Six one-sample requests for three prompts, queued while a batch is scored, with room for three pairs per call:
+    each prompt's samples go in one call (in arrival order three calls would mix them), the oldest prompt first."""
+    from cme_reward.server.batcher import MicroBatcher
+
+    reward = Gated()
+    batcher = MicroBatcher(reward, max_batch_pairs=3, batch_wait_ms=0)
+    order = [("p1", "a"), ("p2", "a"), ("p3", "a"), ("p1", "b"), ("p2", "b"), ("p1", "c")]
+    answers = asyncio.run(_while_busy(batcher, reward, [([p], [r]) for p, r in order]))
+    assert answers == [[f"{p}|{r}"] for p, r in order]
+    assert reward.calls[1:] == [
+        [("p1", "a"), ("p1", "b"), ("p1", "c")],
+        [("p2", "a"), ("p2", "b"), ("p3", "a")],
+    ]
+    assert batcher.batches == 3 and batcher.pairs_scored == 7
+
+
+def test_batcher_keeps_each_requests_order_and_isolates_a_bad_pair():
+    """Multi-pair requests whose prompts interleave: each request gets its own scores in its own order; a request
+    with a bad pair fails alone (422) and the others of its batch are scored."""
+    from cme_reward.server.batcher import MicroBatcher
+
+    reward = Gated()
+    batcher = MicroBatcher(reward, batch_wait_ms=0)
+    requests = [
+        (["q2", "q1", "q2"], ["r1", "r2", "r3"]),
+        (["q1", "q3"], ["r4", "bad"]),
+        (["q3", "q2", "q1", "q1"], ["r5", "r6", "r7", "r8"]),
+        (["q2"], ["r9"]),
+    ]
+    answers = asyncio.run(_while_busy(batcher, reward, requests))
+    assert isinstance(answers[1], RequestError) and answers[1].status == 422
+    for k in (0, 2, 3):
+        assert answers[k] == [f"{p}|{r}" for p, r in zip(*requests[k])]
+    assert len(reward.calls) == 1 + 1 + 4  # the first, the merged call that failed, then each request alone
+
+
+def test_batcher_dispatches_at_once_when_idle():
+    """A lone request, and requests queued while a batch was scored, go out without waiting (here the wait allowed
+    is 10 s); a later lone request waits for company (the recent batch had four pairs) and goes with it."""
+    from cme_reward.server.batcher import MicroBatcher
+
+    async def main():
+        reward = Gated()
+        reward.gate.set()
+        batcher = MicroBatcher(reward, batch_wait_ms=10_000)
+        assert await asyncio.wait_for(batcher.score(["p"], ["a"]), 5) == ["p|a"]
+        assert await asyncio.wait_for(batcher.score(["p"], ["b"]), 5) == ["p|b"]
+        reward.gate.clear()
+        reward.entered.clear()
+        busy = asyncio.ensure_future(batcher.score(["p"], ["c"]))
+        while not reward.entered.is_set():
+            await asyncio.sleep(0.001)
+        queued = [asyncio.ensure_future(batcher.score([f"p{k}"], ["d"])) for k in range(4)]
+        await asyncio.sleep(0.01)
+        reward.gate.set()
+        await asyncio.wait_for(asyncio.gather(busy, *queued), 5)
+        assert [len(c) for c in reward.calls] == [1, 1, 1, 4]
+        lone = asyncio.ensure_future(batcher.score(["s"], ["1"]))
+        await asyncio.sleep(0.05)
+        assert len(reward.calls) == 4  # waiting for company
+        company = [asyncio.ensure_future(batcher.score(["s"], [str(k)])) for k in (2, 3, 4)]
+        await asyncio.wait_for(asyncio.gather(lone, *company), 5)  # four pairs queued: no need to wait longer
+        assert [len(c) for c in reward.calls] == [1, 1, 1, 4, 4]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_batcher_skips_a_request_whose_client_went_away():
+    from cme_reward.server.batcher import MicroBatcher
+
+    async def main():
+        reward = Gated()
+        batcher = MicroBatcher(reward, batch_wait_ms=0)
+        first = asyncio.ensure_future(batcher.score(["p"], ["a"]))
+        while not reward.entered.is_set():
+            await asyncio.sleep(0.001)
+        gone = asyncio.ensure_future(batcher.score(["p"], ["gone"]))
+        kept = asyncio.ensure_future(batcher.score(["p"], ["kept"]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        reward.gate.set()
+        assert await asyncio.wait_for(asyncio.gather(first, kept), 5) == [["p|a"], ["p|kept"]]
+        await batcher.close()
+        return reward.calls
+
+    assert asyncio.run(main()) == [[("p", "a")], [("p", "kept")]]
 
 
 # Load clients run in a child process: client threads in the server's process would compete with its event loop for

@@ -1,6 +1,7 @@
 """The compared scorers. Each factory returns a [`Method`] whose `run(pairs)` gives one float32 tensor of per-token
 log-probs per pair (or, for lm-eval, which only returns sums, a 0-d tensor holding the pair's mean log-prob), or a
-string saying why the method cannot run here."""
+string saying why the method cannot run here. Factories take the in-process model and keyword options (`budget`,
+`lm_eval_batch_size`, `vllm_url`, `vllm_model`, `tokenizer`) and ignore the ones they do not use."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from cme_reward import CMEConfig
 from cme_reward.engine import ScoringEngine
 from cme_reward.reference import reference_token_logprobs
 
+from .results import portable_name
 from .workload import Pair
 
-__all__ = ["FACTORIES", "LABELS", "NAMES", "Method", "display_name", "engine", "lm_eval_hf", "naive", "pair_means"]
+__all__ = ["FACTORIES", "LABELS", "NAMES", "Method", "display_name", "engine", "lm_eval_hf", "naive", "pair_means",
+           "vllm_server"]  # fmt: skip
 
 # Short names (chart bars) and full labels (tables) of each method key.
 NAMES = {
@@ -28,6 +31,7 @@ NAMES = {
     "e": "cme full, chunked head",
     "g": "cme full + packing",
     "h": "cme full, entropy metric",
+    "v": "vLLM server",
 }
 LABELS = {
     "a": "(a) naive loop",
@@ -37,18 +41,21 @@ LABELS = {
     "e": "(e) cme full, chunked head (no vocab blocks)",
     "g": "(g) cme full + packing of short pairs (pack_tokens=256)",
     "h": "(h) cme full, metric='entropy' (log-prob and predictive entropy in one pass)",
+    "v": "(v) a vLLM server (cme_reward.backends.vllm.VLLMBackend, prompt_logprobs of token-id prompts)",
 }
 
 
 @dataclass
 class Method:
-    """One scorer: `run(pairs)` -> per-pair float32 tensors; `stats()` -> what it recorded during the last run."""
+    """One scorer: `run(pairs)` -> per-pair float32 tensors; `stats()` -> what it recorded during the last run.
+    `remote`: the work runs in another process (a server), whose CPU time counts as other processes' load."""
 
     key: str
     label: str
     run: Callable[[list[Pair]], list[torch.Tensor]]
     stats: Callable[[], dict] = field(default=lambda: {})
     notes: str = ""
+    remote: bool = False
 
 
 def display_name(name: str, *, sep: str = ", ") -> str:
@@ -167,6 +174,54 @@ def lm_eval_hf(model: torch.nn.Module, *, lm_eval_batch_size: int, **_) -> Metho
     return Method("b", LABELS["b"], run, notes=notes)
 
 
+def vllm_server(
+    model: torch.nn.Module,
+    *,
+    vllm_url: str | None = None,
+    vllm_model: str | None = None,
+    tokenizer=None,
+    budget: int,
+    **_,
+) -> Method | str:
+    """(v): the pairs, as token ids, through [`VLLMBackend`] to a running vLLM server (its default concurrency and
+    request sizes, `tokens_per_request=budget` as the reward passes its `max_tokens_per_batch`). The comparison with
+    (a) is exact only when the server runs the same weights as `model` in the same dtype (`--model-dir`).
+
+    Args:
+        model (`torch.nn.Module`): unused (the server has its own copy).
+        vllm_url (`str`, *optional*): the server's root, `http://HOST:PORT`; `None`: the method is skipped.
+        vllm_model (`str`, *optional*): the served model id; `None`: the only one served.
+        tokenizer (`PreTrainedTokenizerBase`, *optional*): the verifier's tokenizer; given, the server's tokenizer is
+            checked against it first (`VLLMBackend.check`).
+        budget (`int`): prompt tokens per request.
+
+    Returns:
+        [`Method`], or a string saying why it is skipped.
+    """
+    if not vllm_url:
+        return "no vLLM server given (--vllm-url http://HOST:PORT)"
+    from cme_reward.backends.vllm import VLLMBackend
+
+    backend = VLLMBackend(vllm_url, model=vllm_model, tokens_per_request=budget)
+    if tokenizer is not None:
+        backend.check(tokenizer)
+
+    def run(pairs: list[Pair]) -> list[torch.Tensor]:
+        backend.reset()
+        return backend.score(pairs)
+
+    def stats() -> dict:
+        return dict(dataclasses.asdict(backend.stats), served_model=portable_name(backend.served_model),
+                    pairs_per_request=backend.pairs_per_request, tokens_per_request=backend.tokens_per_request,
+                    max_concurrency=backend.max_concurrency)  # fmt: skip
+
+    notes = (
+        f"VLLMBackend(url, model={portable_name(vllm_model)!r}, tokens_per_request={budget}): pairs_per_request="
+        f"{backend.pairs_per_request}, max_concurrency={backend.max_concurrency}; the server's own dtype and threads"
+    )
+    return Method("v", LABELS["v"], run, stats, notes=notes, remote=True)
+
+
 FACTORIES: dict[str, Callable[..., Method | str]] = {
     "a": naive,
     "b": lm_eval_hf,
@@ -175,6 +230,7 @@ FACTORIES: dict[str, Callable[..., Method | str]] = {
     "e": lambda model, **kw: engine(model, key="e", head_vocab_block=0, **kw),
     "g": lambda model, **kw: engine(model, key="g", pack_tokens=256, **kw),
     "h": lambda model, **kw: engine(model, key="h", metric="entropy", **kw),
+    "v": vllm_server,
 }
 
 

@@ -1,13 +1,16 @@
-"""Verifier presets: random-init causal LMs of real shapes (their cost equals real weights'), and FLOP counts."""
+"""Verifier presets: random-init causal LMs of real shapes (their cost equals real weights'), a saved model's real
+weights instead (`load_model_dir`), and FLOP counts."""
 
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PRESETS", "FlopModel", "build_config", "build_model", "converted_copy", "flop_model"]
+__all__ = ["PRESETS", "FlopModel", "build_config", "build_model", "converted_copy", "flop_model", "load_model_dir",
+           "shape_of"]  # fmt: skip
 
 SMOLLM2 = dict(
     arch="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -143,6 +146,40 @@ def build_model(
     if logit_std:
         _calibrate_logits(model, logit_std, seed)
     return model
+
+
+def load_model_dir(
+    path: str | os.PathLike, *, device: str | torch.device = "cpu", attn_implementation: str | None = None
+) -> torch.nn.Module:
+    """A saved causal LM's real weights in float32, in eval mode, frozen: e.g. SmolLM2-135M-Instruct exported to
+    safetensors, the directory a vLLM server serves too, so that both score the same weights.
+
+    Args:
+        path (`str` or `os.PathLike`): a `transformers` model directory (`config.json` and weights).
+        device (`str` or `torch.device`, *optional*, defaults to `"cpu"`): where to load it.
+        attn_implementation (`str`, *optional*): attention kernel; `None` keeps transformers' choice.
+
+    Returns:
+        `torch.nn.Module`: the causal LM.
+    """
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs).to(device)
+    return model.eval().requires_grad_(False)
+
+
+def shape_of(config) -> dict:
+    """The preset-style description of a loaded model's config (`arch` and the fields `PRESETS` give).
+
+    Example:
+        ```python
+        >>> shape_of(build_config("tiny"))["vocab_size"]
+        1024
+        ```
+    """
+    keys = {k for spec in PRESETS.values() for k in spec} - {"arch"}
+    return {"arch": config.model_type} | {k: getattr(config, k) for k in sorted(keys) if hasattr(config, k)}
 
 
 @torch.inference_mode()

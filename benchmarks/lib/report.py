@@ -8,7 +8,11 @@ import torch
 from .methods import Method, pair_means
 from .workload import Workload
 
-__all__ = ["diffs", "markdown_table", "own_peak_fraction", "reference_name", "summarize"]
+__all__ = ["SCORE_TOLERANCE", "diffs", "markdown_table", "mismatches", "own_peak_fraction", "reference_name",
+           "summarize"]  # fmt: skip
+
+# Largest |per-pair mean log-prob - the reference's| of an exact method, by dtype; bfloat16 runs are only reported.
+SCORE_TOLERANCE = {"float32": 1e-4}
 
 # Older result files recorded every run against both peaks; the one of the run's own dtype is the meaningful one.
 _OLD_PEAK_KEYS = {"float32": "frac_fp32_matmul_peak", "bfloat16": "frac_bf16_matmul_peak"}
@@ -98,20 +102,33 @@ def summarize(
             "seconds": t,
             "seconds_all": run["seconds"],
             "foreign_cpus_all": run["foreign_cpus"],  # CPUs other processes used during each run (contention)
+            "remote": methods[name].remote,  # scored by a server: its CPUs are in foreign_cpus_all
             "attempts_all": run["attempts"],
             "scored_tokens_per_s": work.scored_tokens / t,
             "total_tokens_per_s": work.total_tokens / t,
             "speedup_vs_a": base_a / t if base_a else None,
             "speedup_vs_b": base_b / t if base_b else None,
-            "peak_mem_mib": max(run["peak_bytes"]) / 2**20 if None not in run["peak_bytes"] else None,
+            "peak_mem_mib": max(run["peak_bytes"]) / 2**20 if None not in run["peak_bytes"] else None,  # this process
             "useful_flops_per_s": useful,
             "matmul_peak_flops_per_s": peak,  # measured, in this run's dtype
             "frac_matmul_peak": useful / peak,
             "mfu_spec": useful / spec if spec else None,
             **diff[name],
+            "score_tolerance": SCORE_TOLERANCE.get(dtype),
             "engine_stats": methods[name].stats(),
         }
     return results
+
+
+def mismatches(results: dict[str, dict]) -> dict[str, float]:
+    """The runs whose per-pair means differ from the reference's by more than their dtype's `score_tolerance`:
+    name -> that difference."""
+    out = {}
+    for name, r in results.items():
+        tolerance, diff = r.get("score_tolerance"), r.get("max_abs_score_diff")
+        if tolerance is not None and diff is not None and diff > tolerance:
+            out[name] = diff
+    return out
 
 
 def markdown_table(results: dict[str, dict]) -> str:

@@ -1,4 +1,5 @@
-"""Reading benchmark result files (JSON written by `python -m benchmarks.scoring`), old and new."""
+"""Where the benchmarks keep their results, writing them (atomically, never a machine's own path inside), and reading
+the files of `python -m benchmarks.scoring`, old and new."""
 
 from __future__ import annotations
 
@@ -7,9 +8,36 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["load_reports", "portable_path"]
+from cme_reward.files.atomic import write_atomic
+
+__all__ = ["RESULTS", "load_reports", "portable_name", "portable_path", "results_path", "write_result"]
 
 logger = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"  # benchmarks/results: the committed results
+
+
+def results_path(name: str) -> Path:
+    """`benchmarks/results/<name>`: the default output of every entry point.
+
+    Example:
+        ```python
+        >>> results_path("serve_load.json").parent.name
+        'results'
+        ```
+    """
+    return RESULTS / name
+
+
+def write_result(path: str | os.PathLike, result: dict | str) -> Path:
+    """Write `result` to `path` atomically (`cme_reward.files.atomic.write_atomic`): a dict as indented JSON, text as
+    it is; both end with a newline.
+
+    Returns:
+        `Path`: `path`.
+    """
+    text = result if isinstance(result, str) else json.dumps(result, indent=1)
+    return write_atomic(path, text if text.endswith("\n") else text + "\n")
 
 
 def load_reports(folder: str | os.PathLike, *, include_quick: bool = True) -> list[dict]:
@@ -53,3 +81,11 @@ def portable_path(path: str | os.PathLike) -> str:
         return str(path.relative_to(Path.cwd().resolve()))
     except ValueError:
         return path.name
+
+
+def portable_name(name: str | None) -> str | None:
+    """[`portable_path`] of `name` when it is a local path (absolute, or an existing file or folder), else `name`:
+    a model id that may be either (a vLLM server's served id is the directory it was started with)."""
+    if name is None or not (Path(name).is_absolute() or Path(name).exists()):
+        return name
+    return portable_path(name)

@@ -9,15 +9,18 @@ Endpoints (JSON in, JSON out):
         response or non-finite verifier log-probs.
     `POST /get_reward` (OpenRLHF remote reward, `--reward.remote_url http://HOST:PORT/get_reward`)
         `{"query": [...], "prompts": [...], "labels": [...]}` -> `{"rewards": [...], "scores": [...],
-        "extra_logs": {"cme": [...], "cme_scored": [...]}}`. `labels` is optional and ignored. The response is
-        `query[i]` minus its `prompts[i]` prefix, minus trailing end-of-sequence / end-of-turn text (`strip_suffixes`,
-        whitespace after each one included). The verifier's context is `prompts[i]` as PLAIN TEXT: it is already
-        rendered by the policy's chat template, so the verifier tokenizes it like a plain prompt (its own BOS, no
-        verifier chat template). A missing score becomes `missing_reward` (default -20.0, see
+        "extra_logs": {"cme": [...], "cme_scored": [...]}}`. `labels` is optional (absent or null) and ignored. The
+        response is `query[i]` minus its `prompts[i]` prefix, minus trailing end-of-sequence / end-of-turn text
+        (`strip_suffixes`, whitespace after each one included). The verifier's context is `prompts[i]` as PLAIN TEXT:
+        it is already rendered by the policy's chat template, so the verifier tokenizes it like a plain prompt (its own
+        BOS, no verifier chat template; its template markers keep the plain-prompt warning of
+        `cme_reward.scoring.formatting` silent). A missing score becomes `missing_reward` (default -20.0, see
         `cme_reward.integrations.protocol`). Empty lists get empty lists.
 
-Micro-batching (`cme_reward.server.batcher`): concurrent requests are scored together in one `reward.score` call,
-collected for at most `batch_wait_ms` or until `max_batch_pairs` pairs.
+Micro-batching (`cme_reward.server.batcher`): concurrent requests are scored together in one `reward.score` call of
+at most `max_batch_pairs` pairs, requests for the same prompt in the same call. Requests that arrive while a batch is
+being scored go out as soon as it ends; an idle engine waits for company (at most `batch_wait_ms`) only while fewer
+pairs are queued than in recent batches.
 
 Errors: every bad request gets a 4xx JSON `{"error": "..."}` naming the field: 400 body not JSON / not an object,
 401 missing or wrong bearer token, 413 body over `max_body_bytes` or more than `max_request_pairs` pairs, 422 fields
@@ -81,7 +84,8 @@ def create_app(
         max_body_bytes (`int`, *optional*, defaults to `8 << 20`): larger bodies get 413.
         max_batch_pairs (`int`, *optional*, defaults to `256`): most pairs merged into one `reward.score` call.
         max_request_pairs (`int`, *optional*, defaults to `1024`): more pairs in one request get 413.
-        batch_wait_ms (`float`, *optional*, defaults to `5.0`): longest wait for more requests to batch with.
+        batch_wait_ms (`float`, *optional*, defaults to `5.0`): longest wait of an idle engine for more requests to
+            batch with (none while the queue holds as many pairs as recent batches).
         strip_suffixes (`Sequence[str]`, *optional*): special-token texts cut from the end of OpenRLHF responses;
             `None` uses `DEFAULT_STRIP_SUFFIXES` (`<|im_end|>`, `<|endoftext|>`, `</s>`, `<|eot_id|>`, ...).
         missing_reward (`float`, *optional*, defaults to `-20.0`): `/get_reward` reward of an unscored pair.
