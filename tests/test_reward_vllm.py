@@ -1,6 +1,8 @@
 """`CrossModelEntropyReward(..., backend="vllm")`: the same scores as the in-process engine, through a loopback fake
 vLLM server that answers in vLLM's format."""
 
+import logging
+
 import pytest
 
 pytest.importorskip("httpx")
@@ -27,3 +29,21 @@ def test_entropy_is_refused_with_a_reason(fake_vllm, qwen_dir):
 def test_backend_needs_a_url(qwen_dir):
     with pytest.raises(ValueError, match="needs base_url"):
         CrossModelEntropyReward(qwen_dir, backend="vllm")
+
+
+def test_options_the_server_decides_are_warned_once(fake_vllm, qwen_dir, monkeypatch, caplog):
+    from cme_reward.backends import factory
+
+    monkeypatch.setattr(factory, "_warned", set())  # once per process: start this test from none
+    with caplog.at_level(logging.WARNING, logger="cme_reward.backends.factory"):
+        for _ in range(2):
+            CrossModelEntropyReward(
+                qwen_dir, backend="vllm", base_url=fake_vllm.url, device="cpu", prefix_sharing=False
+            )
+        CrossModelEntropyReward(qwen_dir, backend="vllm", base_url=fake_vllm.url)  # nothing ignored: no warning
+        CrossModelEntropyReward(qwen_dir, backend="vllm", base_url=fake_vllm.url, dtype="float32")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "backend='vllm' ignores prefix_sharing, device: the vLLM server batches and places the model itself",
+        "backend='vllm' ignores dtype: the vLLM server batches and places the model itself",
+    ]

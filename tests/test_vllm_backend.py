@@ -1,11 +1,10 @@
-"""The vLLM scoring backend against a loopback fake of `vllm serve` (tests/fake_vllm.py), and a real server when
-`CME_VLLM_URL` is set."""
+"""The vLLM scoring backend against a loopback fake of `vllm serve` (tests/fake_vllm.py), with fault injection. Against
+a real server: tests/test_vllm_real.py."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import pickle
 import random
 import socket
@@ -341,24 +340,3 @@ def test_supports_entropy_pickle_and_missing_httpx(server, make_backend, monkeyp
     monkeypatch.setitem(sys.modules, "httpx", None)
     with pytest.raises(ImportError, match=r"pip install"):
         VLLMBackend(server.url)
-
-
-# ---- a real server --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.skipif(not os.environ.get("CME_VLLM_URL"), reason="set CME_VLLM_URL to test against a real vLLM server")
-def test_real_server():
-    """`CME_VLLM_URL=http://127.0.0.1:8000 [CME_VLLM_TOKENIZER=<hub id or path>] pytest tests/test_vllm_backend.py`;
-    the tokenizer defaults to the served model's root."""
-    from transformers import AutoTokenizer
-
-    with VLLMBackend(os.environ["CME_VLLM_URL"], model=os.environ.get("CME_VLLM_MODEL")) as backend:
-        model = backend._pick_model(None)
-        models = backend._request("GET", "/v1/models")["data"]
-        root = next(card.get("root") or card["id"] for card in models if card["id"] == model)
-        tokenizer = AutoTokenizer.from_pretrained(os.environ.get("CME_VLLM_TOKENIZER", root))
-        assert backend.check(tokenizer) == model
-        pairs = text_pairs(tokenizer, 6, seed=10)
-        got = backend.score(pairs)
-    for (_, response), lp in zip(pairs, got):
-        assert lp.shape == (len(response),) and torch.isfinite(lp).all() and (lp <= 0).all()

@@ -51,8 +51,9 @@ class ScorerStats:
         calls (`int`): `score` calls.
         pairs (`int`): pairs scored (duplicates included).
         tokens_scored (`int`): response tokens whose values came back.
-        tokens_forward (`int`): tokens the verifier ran (a shared context once in process; vLLM recomputes every
-            prompt's whole prefill).
+        tokens_forward (`int`): tokens the verifier ran, each distinct pair once: in process a shared context once
+            and never a pair's last token; vLLM recomputes every prompt's whole prefill, its last token included (to
+            sample the one token it must generate).
         padded_tokens (`int`): tokens including padding (vLLM pads nothing: equal to `tokens_forward`).
         passes (`int`): forward passes in process; scoring requests to a vLLM server.
         retries (`int`): work sent again: batches split after an out-of-memory error in process, HTTP requests

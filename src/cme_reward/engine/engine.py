@@ -22,6 +22,7 @@ import copy
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -130,11 +131,12 @@ class ScoringEngine:
                           min_shared_tokens=cfg.min_shared_tokens)  # fmt: skip
         todo = plan.pairs
         results: dict[int, torch.Tensor] = {}
+        copies = Counter(plan.slot)  # a duplicate pair's tokens count each time it stands in `pairs`
 
         def report(scored: Indexed) -> None:
             results.update(scored)
             if progress:
-                progress(sum(len(lp) for _, lp in scored))
+                progress(sum(len(lp) * copies[i] for i, lp in scored))
 
         shared_limit = 0.0 if self.sliding_window else self.max_padding  # windows count cache slots: no padding
         for batch in self._batches(plan.groups, lambda g: len(todo[g[0]][0]), max_rows, max_padding=shared_limit):
