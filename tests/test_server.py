@@ -194,10 +194,12 @@ BAD_GET_REWARD = [
 
 @pytest.mark.parametrize(("path", "body", "status", "message"), [("/score", *b) for b in BAD] + [
     ("/get_reward", *b) for b in BAD_GET_REWARD])  # fmt: skip
-def test_bad_requests_get_4xx_json(client, path, body, status, message):
-    answer = client.post(path, content=body, headers={"Content-Type": "application/json"})
+def test_bad_requests_get_4xx_json(client, path, body, status, message, caplog):
+    with caplog.at_level(logging.WARNING, logger="cme_reward.server.app"):
+        answer = client.post(path, content=body, headers={"Content-Type": "application/json"})
     assert answer.status_code == status, answer.text
     assert message in answer.json()["error"]
+    assert f"{path} refused (HTTP {status}): " in caplog.text and message in caplog.text  # in the server's log too
 
 
 def test_too_many_pairs_and_body_limit(reward):

@@ -150,6 +150,10 @@ def create_app(
                 check_auth(request)
                 return JSONResponse(await handler(await read_json(request, max_body_bytes)))
             except RequestError as err:
+                # clients may drop the answer (OpenRLHF retries a 4xx and logs none of it): the reason is in our log
+                logger.warning(
+                    "%s %s refused (HTTP %d): %s", request.method, request.url.path, err.status, err.message
+                )
                 return error(err.status, err.message)
             except ClientDisconnect:  # nobody is left to answer
                 return error(400, "the client disconnected while sending the request")
