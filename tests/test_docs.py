@@ -27,7 +27,6 @@ PACKAGE = "cme_reward"
 UNDOCUMENTED = {
     "cme_reward.cli.": "the command internals: docs/api/cli.md shows every command's --help and the entry point",
     "cme_reward.data": "MT-Bench shipped by registry packages, for the demo, benchmarks and experiments",
-    "cme_reward.selection": "verifier selection statistics, still in progress: give it a page once it settles",
 }
 
 DIRECTIVE = re.compile(r"^::: *(?P<path>[\w.]+) *$")

@@ -211,3 +211,46 @@ def test_null_scores_are_json_null(tmp_path, qwen_dir):
     first, second = (tmp_path / "o.jsonl").read_text().splitlines()
     assert first.endswith('"cme": null}')
     assert math.isfinite(json.loads(second)["cme"])
+
+
+PLAIN_WARNING = "A plain-text prompt is scored as raw text"
+
+
+def test_as_chat_scores_plain_columns_as_one_user_turn(tmp_path, qwen_dir, reward, caplog):
+    rows = [r for r in ROWS if r["response"]][:3]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    assert score(qwen_dir, "--input", str(src), "--output", str(tmp_path / "chat.jsonl"), "--as-chat") == 0
+    chat = [[{"role": "user", "content": r["prompt"]}] for r in rows]
+    assert_scores(read_jsonl(tmp_path / "chat.jsonl"), reward.score(chat, [r["response"] for r in rows]))
+    assert PLAIN_WARNING not in caplog.text
+    assert score(qwen_dir, "--input", str(src), "--output", str(tmp_path / "plain.jsonl")) == 0
+    assert caplog.text.count(PLAIN_WARNING) == 1 and "--as-chat" in caplog.text  # once, not once per row
+    plain = [r["cme"] for r in read_jsonl(tmp_path / "plain.jsonl")]
+    assert plain != [r["cme"] for r in read_jsonl(tmp_path / "chat.jsonl")]
+
+
+def test_no_progress_hides_the_gguf_conversion_bar(monkeypatch, capfd):
+    import inspect
+
+    from tqdm.auto import tqdm
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    import cme_reward.reward as reward_module
+    from cme_reward.cli import score as score_job
+    from cme_reward.cli.main import build_parser
+
+    # transformers draws this bar with tqdm itself, not through its progress-bar switch
+    assert "tqdm(reader.tensors" in inspect.getsource(gguf_utils.load_gguf_checkpoint)
+
+    class Loading:  # the verifier's load, drawing the bar as a GGUF load does
+        def __init__(self, *args, **kwargs):
+            for _ in gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+                pass
+
+    monkeypatch.setattr(reward_module, "CrossModelEntropyReward", Loading)
+    base = ["score", "--verifier", "m.gguf", "--input", "in.jsonl", "--output", "o.jsonl"]
+    for flags, shown in (([], True), (["--no-progress"], False)):
+        capfd.readouterr()
+        score_job.load_reward(build_parser().parse_args(base + flags))
+        assert ("de-quantizing GGUF tensors" in capfd.readouterr().err) is shown, flags
+    assert gguf_utils.tqdm is tqdm  # put back after loading

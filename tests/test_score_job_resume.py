@@ -294,6 +294,76 @@ def test_inconsistent_checkpoint_files(run, tmp_path, capsys):
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 12
 
 
+# ---- time-based checkpoints -----------------------------------------------------------------------------------------
+
+
+def test_calls_follow_a_fixed_grid_of_rows():
+    assert score_job.STEP_ROWS == 32
+    grid = list(score_job._calls(0, 100, 50))
+    assert grid == [(0, 32, False), (32, 50, True), (50, 64, False), (64, 96, False), (96, 100, True)]
+    assert list(score_job._calls(50, 100, 50)) == grid[2:]  # a run resumed at a checkpoint makes the same calls
+    assert list(score_job._calls(0, 10, 4)) == [(0, 4, True), (4, 8, True), (8, 10, True)]
+
+
+def ticking(monkeypatch, seconds_per_call: float, fail_at: int | None = None) -> FakeReward:
+    """A `FakeReward` each of whose calls takes `seconds_per_call` on the checkpoint timer's (fake) clock."""
+    now = [0.0]
+    monkeypatch.setattr(score_job, "_clock", lambda: now[0])
+    return FakeReward(fail_at=fail_at, on_call=lambda: now.__setitem__(0, now[0] + seconds_per_call))
+
+
+def test_time_based_checkpoint_then_resume_is_identical(run, tmp_path, monkeypatch, capsys):
+    rows = rows_of(100)
+    expected = reference(run, tmp_path, rows)
+    chunks = ["--chunk-rows", "128"]  # one chunk of 100 rows: only the timer cuts it (calls of 32 rows)
+    assert run(rows, *chunks, reward=ticking(monkeypatch, 20.0, fail_at=2)) == 130  # killed in the third call
+    ckpt = json.loads((tmp_path / "out.jsonl.ckpt.json").read_text())
+    assert ckpt["rows_done"] == 64  # saved once the second call ended 40 s (>= 30 s) after the start
+    partial = tmp_path / "out.jsonl.partial"
+    assert capsys.readouterr().err.strip() == (
+        f"cme-reward: interrupted: 64 of 100 rows are saved in {partial}; rerun the same command to resume"
+    )
+    fake = FakeReward()
+    assert run(rows, *chunks, reward=fake) == 0
+    assert (tmp_path / "out.jsonl").read_bytes() == expected and fake.pairs == 36
+    assert leftovers(tmp_path) == []
+
+
+def test_checkpoint_seconds_sets_the_timer(run, tmp_path, monkeypatch):
+    rows = rows_of(100)
+    flags = ["--chunk-rows", "128", "--checkpoint-seconds", "50"]
+    assert run(rows, *flags, reward=ticking(monkeypatch, 20.0, fail_at=3)) == 130
+    assert json.loads((tmp_path / "out.jsonl.ckpt.json").read_text())["rows_done"] == 96  # 60 s > 50 s: 3 calls
+    assert run(rows, "--checkpoint-seconds", "-1") == 2  # refused by the parser
+
+
+def test_ctrl_c_saves_the_rows_scored_since_the_last_checkpoint(run, tmp_path, capsys):
+    rows = rows_of(100)
+    expected = reference(run, tmp_path, rows)
+    assert run(rows, "--chunk-rows", "128", reward=FakeReward(fail_at=2)) == 130  # no checkpoint was due yet
+    assert json.loads((tmp_path / "out.jsonl.ckpt.json").read_text())["rows_done"] == 64
+    assert "interrupted: 64 of 100 rows are saved" in capsys.readouterr().err
+    fake = FakeReward()
+    assert run(rows, "--chunk-rows", "128", reward=fake) == 0
+    assert (tmp_path / "out.jsonl").read_bytes() == expected and fake.pairs == 36
+
+
+def test_as_chat_is_recorded_and_must_match_on_resume(run, tmp_path, capsys):
+    rows = rows_of(12)
+    assert run(rows, "--as-chat", reward=FakeReward(fail_at=1)) == 130
+    assert json.loads((tmp_path / "out.jsonl.ckpt.json").read_text())["options"]["as_chat"] is True
+    capsys.readouterr()
+    assert run(rows) == 2
+    assert "as_chat: True then, None now" in capsys.readouterr().err
+    seen = []
+    fake = FakeReward(on_call=lambda: None)
+    fake.score = lambda prompts, responses: seen.extend(prompts) or [-1.0] * len(prompts)
+    assert run(rows, "--as-chat", reward=fake) == 0
+    assert seen[0] == [{"role": "user", "content": rows[4]["prompt"]}]  # the rows after the checkpoint, as chat
+    assert run(rows, "--as-chat", "--messages-column", "m", "--overwrite") == 2
+    assert "--messages-column rows already are" in capsys.readouterr().err
+
+
 def test_stale_partial_without_checkpoint_is_replaced(run, tmp_path):
     (tmp_path / "out.jsonl.partial").write_text('{"half": ')
     assert run(rows_of(6)) == 0

@@ -378,7 +378,7 @@ def test_dense_plus_weighted_scalar_rewards(policy, tmp_path, caplog, scale, agg
     lengths = torch.tensor([len(ids) for ids in d["ids"]])
     assert len(set(lengths.tolist())) > 2  # unequal lengths inside groups are exercised
     values = reward.values(d["ids"])
-    dense_adv, _ = dense_advantages(values, 4)  # (B, T_max)
+    dense_adv = pad_dense(dense_advantages(values, 4)).nan_to_num(0.0)  # (B, T_max)
     width = d["advantages"].size(1)
     expected = p["advantages"].unsqueeze(1) + 0.5 * torch.nn.functional.pad(dense_adv, (0, width - dense_adv.size(1)))
     expected = torch.where(torch.arange(width) < lengths.unsqueeze(1), expected, 0.0)

@@ -13,8 +13,8 @@ from ..config import METRICS, REDUCTIONS, CMEConfig
 from ..errors import UsageError
 from ..verifier.spec import BACKENDS, VerifierSpec
 
-__all__ = ["CONFIG_FLAGS", "PROG", "VERIFIER_FLAGS", "add_input_args", "add_verifier_args", "positive_int",
-           "spec_and_config"]  # fmt: skip
+__all__ = ["CONFIG_FLAGS", "PROG", "VERIFIER_FLAGS", "add_input_args", "add_verifier_args", "non_negative_float",
+           "positive_int", "spec_and_config"]  # fmt: skip
 
 PROG = "cme-reward"
 
@@ -76,6 +76,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated verifiers (A,B,...), got {text!r}")
+    return names
+
+
 def _checked(name: str, convert: type):
     """argparse type of a `CMEConfig` field: convert, then the config's own check."""
 
@@ -117,18 +134,20 @@ def add_verifier_args(
     default: str | None = None,
     scoring: bool = True,
     api_key_flag: str = "--api-key",
+    several: bool = False,
 ) -> None:
     """The verifier and scoring flags (`scoring=False`: only `--batch-tokens` of the scoring ones); the vLLM
-    server's bearer token is `api_key_flag`."""
+    server's bearer token is `api_key_flag`. `several=True` takes `--verifiers A,B,...` (a list in `args.verifiers`)
+    instead of `--verifier`."""
     group = parser.add_argument_group("verifier and scoring")
-    group.add_argument(
-        "--verifier",
-        required=default is None,
-        default=default,
-        help="hub id, local model directory, .gguf file, or an alias: smollm2, gemma3-270m",
-    )
+    what = "hub id, local model directory, .gguf file, or an alias: smollm2, gemma3-270m"
+    if several:
+        group.add_argument("--verifiers", required=True, type=_names, metavar="A,B,...", help=f"each a {what}")
+    else:
+        group.add_argument("--verifier", required=default is None, default=default, help=what)
     _add_flags(group, VERIFIER_FLAGS, VerifierSpec)
     group.add_argument(api_key_flag, dest="vllm_api_key", default=None, help=VLLM_API_KEY_HELP)
+    parser.set_defaults(vllm_api_key_flag=api_key_flag)  # named in errors
     _add_flags(group, CONFIG_FLAGS if scoring else {"--batch-tokens": CONFIG_FLAGS["--batch-tokens"]}, CMEConfig)
 
 
@@ -140,14 +159,47 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--dataset", type=Path, help="a directory written by datasets' save_to_disk")
     group.add_argument("--split", help="split of a saved DatasetDict with several splits")
     group.add_argument("--prompt-column", help="default: prompt")
-    group.add_argument("--response-column", help="default: response, or completion when there is no response column")
+    group.add_argument(
+        "--response-column",
+        help="default: response, or completion when the first row has only that; one column for the whole file",
+    )
     group.add_argument(
         "--messages-column",
         help="take prompt and response from one list of {role, content} messages: the last assistant message is "
         "the response, the messages before it the prompt",
     )
+    group.add_argument(
+        "--as-chat",
+        action="store_true",
+        help="score a plain-text prompt as a conversation: one user message (the verifier's chat template applies) "
+        "answered by the response; without it, a plain prompt is scored as raw text",
+    )
     group.add_argument("--skip-bad", action="store_true", help="skip (and report) bad rows instead of stopping")
     group.add_argument("--limit", type=positive_int, help="use only the first N usable rows")
+
+
+def _check_backend(args: argparse.Namespace, spec: dict[str, Any], config: dict[str, Any]) -> None:
+    """One clear line for a flag combination the chosen backend cannot honour."""
+    if spec.get("backend") != "vllm":
+        flags = {"base_url": "--base-url", "served_model": "--served-model",
+                 "vllm_api_key": getattr(args, "vllm_api_key_flag", "--api-key")}  # fmt: skip
+        given = [flag for name, flag in flags.items() if getattr(args, name, None) is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} {'needs' if len(given) == 1 else 'need'} --backend vllm "
+                             "(a running `vllm serve`)")  # fmt: skip
+        return
+    if spec.get("base_url") is None:
+        raise UsageError("--backend vllm needs --base-url http://host:port (the running `vllm serve` to score with)")
+    from ..backends.vllm import normalize_base_url
+
+    try:
+        normalize_base_url(spec["base_url"])
+    except ValueError as err:
+        raise UsageError(str(err).replace("`base_url`", "--base-url")) from None
+    if config.get("metric") == "entropy":
+        raise UsageError("--metric entropy needs the verifier's whole distribution at each position, which a vLLM "
+                         "server does not return (its prompt_logprobs carry the actual token only); use --backend "
+                         "transformers")  # fmt: skip
 
 
 def spec_and_config(args: argparse.Namespace) -> tuple[VerifierSpec, CMEConfig]:
@@ -158,6 +210,7 @@ def spec_and_config(args: argparse.Namespace) -> tuple[VerifierSpec, CMEConfig]:
     if spec.get("backend") == "vllm":
         spec["api_key"] = getattr(args, "vllm_api_key", None) or os.environ.get("VLLM_API_KEY") or None
     config = {name: getattr(args, name) for name, _ in CONFIG_FLAGS.values() if getattr(args, name, None) is not None}
+    _check_backend(args, spec, config)
     try:
         return VerifierSpec(args.verifier, **spec), CMEConfig(**config)
     except ValueError as err:

@@ -1,4 +1,5 @@
-"""The `cme-reward` command line: `score` files resumably, `inspect` token heatmaps, run the `demo`, `serve`.
+"""The `cme-reward` command line: `score` files resumably, `inspect` token heatmaps, `compare-verifiers`, run the
+`demo`, `serve`.
 
 The verifier and scoring flags every command shares are declared once in `cme_reward.cli.flags`. Exit codes: 0
 success, 2 usage or input error (one line on stderr), 1 unexpected error (with a traceback), 130 interrupted.
@@ -12,7 +13,8 @@ import sys
 from pathlib import Path
 
 from ..errors import CheckpointError, InputError, UsageError
-from .flags import PROG, add_input_args, add_verifier_args, positive_int
+from .flags import PROG, add_input_args, add_verifier_args, non_negative_float, positive_int
+from .score import Interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +27,10 @@ output:
   response) and, with --per-token, "cme_tokens" and "cme_logprobs".
 resuming:
   While running, OUT.partial (rows so far), OUT.ckpt.json (checkpoint) and OUT.lock sit
-  next to OUT. Rerun the same command to continue; another input or other options are
-  refused unless --overwrite. --batch-tokens, --device and --chunk-rows may change.
+  next to OUT. A checkpoint is written every --chunk-rows rows or --checkpoint-seconds
+  of scoring, whichever comes first, and on Ctrl-C. Rerun the same command to continue;
+  another input or other options are refused unless --overwrite. --batch-tokens,
+  --device, --chunk-rows and --checkpoint-seconds may change.
 exit status:
   0 done, 2 usage or input error, 1 unexpected error, 130 interrupted
 """
@@ -34,12 +38,12 @@ exit status:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `cme-reward` and its subcommands."""
-    from . import demo, serve
+    from . import compare, demo, serve
     from . import score as score_job
 
     parser = argparse.ArgumentParser(prog=PROG, description="Cross-Model Entropy scores from a frozen verifier LM.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (INFO level)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{score,inspect,demo,serve}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{score,inspect,compare-verifiers,demo,serve}")
 
     score = sub.add_parser(
         "score",
@@ -55,7 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--output", type=Path, required=True, help="the .jsonl file to write")
     output.add_argument("--per-token", action="store_true", help="also write cme_tokens and cme_logprobs")
     output.add_argument(
-        "--chunk-rows", type=positive_int, default=256, help="rows per checkpointed chunk (default 256)"
+        "--chunk-rows", type=positive_int, default=256, help="most rows per checkpointed chunk (default 256)"
+    )
+    output.add_argument(
+        "--checkpoint-seconds",
+        type=non_negative_float,
+        default=30.0,
+        metavar="S",
+        help="also checkpoint once S seconds of scoring have passed since the last checkpoint (default 30)",
     )
     output.add_argument(
         "--overwrite", action="store_true", help="replace an existing output / a mismatched checkpoint"
@@ -70,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--output", type=Path, required=True, help="the .html file to write")
     inspect.add_argument("--title", help="page title")
     inspect.set_defaults(func=score_job.cmd_inspect)
+
+    compare_parser = sub.add_parser(
+        "compare-verifiers",
+        help="which verifier separates good responses from bad best: AUROC / pairwise accuracy with intervals",
+        description="Score labelled responses or preference pairs with every --verifiers entry (one loaded at a "
+        "time) and write a JSON report, a Markdown table and a ROC plot. Rerun after an interruption to resume.",
+        epilog=compare.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_arguments(compare_parser)
+    compare_parser.set_defaults(func=compare.cmd_compare)
 
     demo_parser = sub.add_parser("demo", help="MT-Bench reference answers vs word-shuffled copies, a real verifier")
     add_verifier_args(demo_parser, default="smollm2", scoring=False)
@@ -100,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, InputError, CheckpointError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as err:  # `score` says how many rows it saved
+        detail = err if isinstance(err, Interrupted) else "interrupted; rerun the same command to resume"
+        print(f"{PROG}: {detail}", file=sys.stderr)
         return 130
     except Exception:
         logger.exception("unexpected error")

@@ -6,19 +6,26 @@ verifier log-prob of the response tokens; higher is better). An empty response h
 cheap and leaves nothing behind: the input is read and the output's state checked first (a complete output, another
 run's checkpoint, an existing file), then the verifier is loaded, and only then are output files created. A killed run
 resumes when the same command is run again (see `cme_reward.files.resumable`).
+
+Checkpoints: the verifier scores the rows in calls on a fixed grid of row numbers (they end at every multiple of
+`STEP_ROWS` and of `--chunk-rows`), so which rows share a call, and so every score down to the last float digit, never
+depends on timing or on where an earlier run stopped. After a call, the rows scored since the last checkpoint are
+saved when a `--chunk-rows` chunk is complete or `--checkpoint-seconds` have passed, whichever comes first.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
+from ..errors import RemoteError, UsageError
 from ..files.jsonl import finite, input_fingerprint
 from ..files.resumable import ResumableWriter
 from .flags import spec_and_config
@@ -27,34 +34,63 @@ from .numbers import format_number
 if TYPE_CHECKING:
     from ..files.pairs import PairSet
     from ..reward import CrossModelEntropyReward
+    from ..verifier.spec import VerifierSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["cmd_inspect", "cmd_score", "load_reward"]
+__all__ = ["STEP_ROWS", "Interrupted", "cmd_inspect", "cmd_score", "load_reward"]
 
 # config fields that may change between a run and its resumption (they do not change the scores)
 RESUMABLE_CHANGES = ("max_tokens_per_batch",)
+STEP_ROWS = 32  # most rows per verifier call: the finest a time-based checkpoint can cut
+_clock = time.monotonic  # the checkpoint timer
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during `cme-reward score`; the message says how many rows are saved for the rerun."""
+
+
+@contextlib.contextmanager
+def _loading_bars(show: bool) -> Iterator[None]:
+    """transformers' progress bars while the verifier loads, on or off. Its own bars ("Loading weights") follow
+    `disable_progress_bar`; the GGUF one ("Converting and de-quantizing GGUF tensors...") calls tqdm directly, so
+    while loading it goes through transformers' switch too."""
+    from transformers.utils import logging as hf_logging
+
+    if show:
+        yield
+        return
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # pragma: no cover - a transformers without GGUF support
+        gguf_utils = None
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    direct = getattr(gguf_utils, "tqdm", None)
+    hf_logging.disable_progress_bar()
+    if direct is not None:
+        gguf_utils.tqdm = hf_logging.tqdm
+    try:
+        yield
+    finally:
+        if direct is not None:
+            gguf_utils.tqdm = direct
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_reward(args: argparse.Namespace) -> tuple[CrossModelEntropyReward, float]:
-    """The reward the flags describe, and its load time in seconds. Load problems become one-line usage errors."""
-    from transformers.utils import logging as hf_logging
-
+    """The reward the flags describe, and its load time in seconds. Load problems become one-line usage errors;
+    `--no-progress` hides the loading bars too."""
     from ..reward import CrossModelEntropyReward
 
     spec, config = spec_and_config(args)
-    bars = hf_logging.is_progress_bar_enabled()
-    if getattr(args, "no_progress", False):
-        hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar
     start = time.perf_counter()
     try:
-        reward = CrossModelEntropyReward(spec, config=config, show_progress_bar=False)
-    except (OSError, ValueError, TypeError, ImportError) as err:
+        with _loading_bars(not getattr(args, "no_progress", False)):
+            reward = CrossModelEntropyReward(spec, config=config, show_progress_bar=False)
+    except (OSError, ValueError, TypeError, ImportError, RemoteError) as err:  # RemoteError: e.g. a wrong vLLM key
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"cannot load verifier {args.verifier!r}: {first}") from None
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     logger.info("loaded %r in %.1f s", reward, time.perf_counter() - start)
     return reward, time.perf_counter() - start
 
@@ -66,11 +102,14 @@ def load_pairs(args: argparse.Namespace) -> PairSet:
         raise UsageError(f"--dataset {args.dataset}: not a directory (use --input for a file)")
     if args.messages_column and (args.prompt_column or args.response_column):
         raise UsageError("--messages-column replaces --prompt-column/--response-column; give one or the other")
+    if args.messages_column and args.as_chat:
+        raise UsageError("--as-chat turns plain prompts into conversations; --messages-column rows already are ones")
     return load(
         args.input if args.input is not None else args.dataset,
         prompt_column=args.prompt_column or "prompt",
         response_column=args.response_column,
         messages_column=args.messages_column,
+        as_chat=args.as_chat,
         split=args.split,
         skip_bad=args.skip_bad,
         limit=args.limit,
@@ -90,11 +129,13 @@ def _writer(args: argparse.Namespace, pairs: PairSet) -> ResumableWriter:
         "gguf_file": described["gguf_file"],
         "revision": described["revision"],
         "dtype": args.dtype or "auto",
+        **_backend_options(spec),
         **{k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES},
         "per_token": args.per_token,
         "prompt_column": pairs.prompt_column,
         "response_column": pairs.response_column,
         "messages_column": pairs.messages_column,
+        **({"as_chat": True} if pairs.as_chat else {}),  # absent when off: checkpoints from before the flag resume
         "split": args.split,
         "skip_bad": args.skip_bad,
         "limit": args.limit,
@@ -108,6 +149,16 @@ def _writer(args: argparse.Namespace, pairs: PairSet) -> ResumableWriter:
         chunk_rows=args.chunk_rows,
         info={"config": asdict(config)},
     )
+
+
+def _backend_options(spec: VerifierSpec) -> dict[str, Any]:
+    """Where the scores come from, when not in process: the vLLM server (its root, however spelled) and model, never
+    its key; a resumed run must name the same."""
+    if spec.backend != "vllm":
+        return {}  # checkpoints of in-process runs keep the options they always had
+    from ..backends.vllm import normalize_base_url
+
+    return {"backend": "vllm", "base_url": normalize_base_url(spec.base_url), "served_model": spec.served_model}
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -135,24 +186,57 @@ def cmd_score(args: argparse.Namespace) -> int:
     clash = sorted({key for row in rows for key in new_keys if key in row})
     if clash:
         logger.warning("input rows already have %s: replaced by the new values", clash)
-    with writer, tqdm(total=len(rows), unit="row", desc="CME", disable=True if args.no_progress else None) as bar:
-        resumed = writer.rows_done
-        bar.update(resumed)
-        scores = [row.get("cme") for row in writer.done_rows()] if resumed else []
-        for begin in range(resumed, len(rows), args.chunk_rows):
-            end = min(begin + args.chunk_rows, len(rows))
-            try:
-                new = _score_chunk(reward, pairs.prompts[begin:end], pairs.responses[begin:end], args.per_token)
-            except FloatingPointError as err:
-                raise UsageError(f"{err} (rerun with --dtype float32 --overwrite)") from None
-            writer.write([{**row, **extra} for row, extra in zip(rows[begin:end], new, strict=True)])
-            scores += [finite(extra["cme"]) for extra in new]
-            bar.update(end - begin)
-        writer.finish()
+    try:
+        with writer, tqdm(total=len(rows), unit="row", desc="CME", disable=True if args.no_progress else None) as bar:
+            resumed = writer.rows_done
+            bar.update(resumed)
+            scores = [row.get("cme") for row in writer.done_rows()] if resumed else []
+            scores += _score_rows(args, reward, pairs, rows, writer, bar)
+            writer.finish()
+    except KeyboardInterrupt:
+        where = writer.output if writer.state == "complete" else writer.partial_path
+        raise Interrupted(
+            f"interrupted: {writer.rows_saved:,} of {len(rows):,} rows are saved in {where}; rerun the same command "
+            "to resume"
+        ) from None
     resumed_note = f", {resumed} from an earlier run" if resumed else ""
     print(f"wrote {output}: {len(rows)} rows ({len(rows) - resumed} scored now{resumed_note})")
     _print_summary(scores, pairs, reward, load_seconds)
     return 0
+
+
+def _calls(begin: int, total: int, chunk_rows: int) -> Iterator[tuple[int, int, bool]]:
+    """`(begin, end, chunk_complete)` of each verifier call from row `begin`: calls end at the multiples of
+    `STEP_ROWS` and of `chunk_rows` (a grid of row numbers, the same in every run) and at `total`."""
+    while begin < total:
+        end = min((begin // STEP_ROWS + 1) * STEP_ROWS, (begin // chunk_rows + 1) * chunk_rows, total)
+        yield begin, end, end % chunk_rows == 0 or end == total
+        begin = end
+
+
+def _score_rows(args, reward, pairs: PairSet, rows: list[dict], writer: ResumableWriter, bar) -> list[float | None]:
+    """Score the rows the writer does not hold yet and save them: a checkpoint at the end of every `--chunk-rows`
+    chunk, or earlier once `--checkpoint-seconds` have passed since the last one, and on Ctrl-C. Returns their
+    scores."""
+    scores: list[float | None] = []
+    pending: list[dict[str, Any]] = []
+    saved_at = _clock()
+    for begin, end, chunk_complete in _calls(writer.rows_done, len(rows), args.chunk_rows):
+        try:
+            new = _score_chunk(reward, pairs.prompts[begin:end], pairs.responses[begin:end], args.per_token)
+        except FloatingPointError as err:
+            raise UsageError(f"{err} (rerun with --dtype float32 --overwrite)") from None
+        except KeyboardInterrupt:
+            if pending:  # Ctrl-C loses only the call in progress
+                writer.write(pending)
+            raise
+        pending += [{**row, **extra} for row, extra in zip(rows[begin:end], new, strict=True)]
+        scores += [finite(extra["cme"]) for extra in new]
+        bar.update(end - begin)
+        if chunk_complete or _clock() - saved_at >= args.checkpoint_seconds:
+            writer.write(pending)
+            pending, saved_at = [], _clock()
+    return scores
 
 
 def _score_chunk(reward, prompts: list[Any], responses: list[Any], per_token: bool) -> list[dict[str, Any]]:
