@@ -14,7 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     group.add_argument("--port", type=int, default=8000, help="default 8000")
     group.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $CME_API_KEY, else none)")
-    group.add_argument("--batch-wait-ms", type=float, default=5.0, help="wait to batch requests (default 5 ms)")
+    group.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="longest wait of an idle server for more requests (default 5 ms)",
+    )
     group.add_argument("--max-batch-pairs", type=int, default=256, help="pairs per engine batch (default 256)")
     group.add_argument("--missing-reward", type=float, default=-20.0, help="OpenRLHF reward of an unscorable sample")
 
