@@ -237,6 +237,15 @@ EOS carries no value, so stopping is never rewarded by itself.
 
 {dense}
 
+Position by position, a strategy longer than the fluent answer is compared with nobody after the fluent answer ends:
+a position that only one member of the group reaches gets advantage 0 under a per-position normalisation (the
+authors' rule too). So the answer written three times ties the fluent answer in dense advantages (its first third *is*
+the fluent answer; the guard's floors fall on the repeats, at positions no other member reaches): dense advantages
+alone cannot punish a repeat that only lengthens a completion. A scalar reward with the guard can (every floored
+token pulls the mean down): `GRPOTrainer`, or in `DenseGRPOTrainer` a second reward built with
+`CMEConfig.from_paper(token_level=False, no_box_penalty=0.0, repetition_guard=True)` and its own `name` beside the
+dense one.
+
 ## What is closed, and how
 
 - **Blank is empty**: a completion with no non-whitespace character scores `empty_value` in `score`, the TRL call,
@@ -245,7 +254,8 @@ EOS carries no value, so stopping is never rewarded by itself.
   of the per-position normalisation, where a value of 0 used to beat every real token.
 - **Repetition, copies, injected end-of-turn text**: the repetition guard (its rule and floors are in
   `cme_reward.scoring.guard`). Off by default, so default scores are unchanged; turn it on for training.
-- **Open**: `sum`, `min` and `quantile` reductions (above); paraphrases that change every few tokens; a one-token
+- **Open**: `sum`, `min` and `quantile` reductions (above); repeats past the other completions' length
+  in dense advantages (above); paraphrases that change every few tokens; a one-token
   answer under `metric="entropy"` scores the verifier's confidence at the start of the answer, whatever it says.
 """
 
