@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 
 import pytest
@@ -36,23 +37,25 @@ def test_completion_column_fallback_and_conversational_values(tmp_path):
     assert pairs.responses[1] == "text"
 
 
-def test_response_column_is_decided_once_per_file(tmp_path):
-    rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}, {"prompt": "e", "completion": "f"}]
+def test_a_file_that_mixes_response_and_completion_is_read_whole_with_one_warning(tmp_path, caplog):
+    rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "completion": "d"}, {"prompt": "e", "completion": "f"},
+            {"prompt": "g", "response": "h", "completion": "not read"}]  # fmt: skip
     path = write_jsonl(tmp_path / "in.jsonl", rows)
-    expected = (
-        "line 3: missing column 'response' (this file's response column, chosen from line 1; this row has 'prompt', "
-        "'completion'): use one column name for all rows, or pass --response-column"
-    )
-    with pytest.raises(InputError, match=re.escape(f"in.jsonl: {expected}")):
-        load_pairs(path)
-    pairs = load_pairs(path, skip_bad=True)
-    assert pairs.responses == ["b", "d"] and pairs.skipped == [(3, expected.removeprefix("line 3: "))]
+    with caplog.at_level(logging.WARNING, logger="cme_reward.files.pairs"):
+        pairs = load_pairs(path)
+    assert pairs.responses == ["b", "d", "f", "h"] and pairs.response_column == "response" and not pairs.skipped
+    warnings = [r.getMessage() for r in caplog.records if "each row's own column" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "line 2 has its response in 'completion' where line 1 has it in 'response'" in warnings[0]
+    with pytest.raises(InputError, match=re.escape("line 2: missing column 'response' (given by --response-column; "
+                                                   "this row has 'prompt', 'completion')")):  # fmt: skip
+        load_pairs(path, response_column="response")
     with pytest.raises(InputError, match=re.escape("line 1: missing column 'completion' (given by --response-column; "
                                                    "this row has 'prompt', 'response')")):  # fmt: skip
         load_pairs(path, response_column="completion")
 
 
-def test_response_column_is_chosen_from_the_first_row_that_has_one(tmp_path):
+def test_a_row_with_neither_response_column_is_a_bad_row(tmp_path):
     rows = [{"prompt": "a", "answer": "b"}, {"prompt": "c", "completion": "d"}, {"prompt": "e", "response": "f"}]
     path = write_jsonl(tmp_path / "in.jsonl", rows)
     with pytest.raises(InputError, match=re.escape("line 1: missing column 'response' (or 'completion') (this row "
@@ -60,8 +63,8 @@ def test_response_column_is_chosen_from_the_first_row_that_has_one(tmp_path):
                                                    "--response-column")):  # fmt: skip
         load_pairs(path)
     pairs = load_pairs(path, skip_bad=True)
-    assert pairs.response_column == "completion" and pairs.responses == ["d"]
-    assert [loc for loc, _ in pairs.skipped] == [1, 3] and "chosen from line 2" in pairs.skipped[1][1]
+    assert pairs.response_column == "completion" and pairs.responses == ["d", "f"]
+    assert [loc for loc, _ in pairs.skipped] == [1]
 
 
 def test_as_chat_makes_plain_prompts_one_user_turn(tmp_path):
@@ -126,7 +129,7 @@ def test_parquet_and_dataset_rows(tmp_path):
 
 
 BAD_ROWS = [
-    ('{"prompt": "p"}\n', r"missing column 'response' \(this file's response column, chosen from line 1; this row"),
+    ('{"prompt": "p"}\n', r"missing column 'response' \(or 'completion'\) \(this row has 'prompt'\)"),
     ('{"response": "r"}\n', "missing column 'prompt'"),
     ('{"prompt": 7, "response": "r"}\n', "column 'prompt' must be a string or a list.*got number"),
     ('{"prompt": null, "response": "r"}\n', "column 'prompt' must be .*got null"),

@@ -213,6 +213,17 @@ def test_null_scores_are_json_null(tmp_path, qwen_dir):
     assert math.isfinite(json.loads(second)["cme"])
 
 
+def test_a_file_mixing_response_and_completion_rows_is_scored_whole(tmp_path, qwen_dir, direct_scores):
+    rows = [dict(r) for r in ROWS]
+    for r in rows[1::2]:
+        r["completion"] = r.pop("response")
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    assert score(qwen_dir, "--input", str(src), "--output", str(tmp_path / "out.jsonl")) == 0
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert [{k: v for k, v in r.items() if k != "cme"} for r in out] == rows
+    assert_scores(out, direct_scores)
+
+
 PLAIN_WARNING = "A plain-text prompt is scored as raw text"
 
 

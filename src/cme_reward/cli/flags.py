@@ -161,7 +161,7 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prompt-column", help="default: prompt")
     group.add_argument(
         "--response-column",
-        help="default: response, or completion when the first row has only that; one column for the whole file",
+        help="default: each row's response, or its completion when it has no response; given: every row must have it",
     )
     group.add_argument(
         "--messages-column",

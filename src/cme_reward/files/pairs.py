@@ -1,9 +1,9 @@
 """(prompt, response) pairs from input rows: `prompt` + `response` columns, or one messages column (a list of
 `{"role", "content"}` dicts) whose last assistant message is the response and the messages before it the prompt
-(messages after it are ignored). The response column is decided once per file: the one given, else `response`, or
-`completion` when the first row that has either has only `completion`; a later row without it is a bad row that says
-which column the file uses. A bad row raises `cme_reward.files.readers.InputError` naming the file, the line/row and
-the problem; with `skip_bad=True` it is skipped and listed in `PairSet.skipped` instead. No model code."""
+(messages after it are ignored). The response column is the one given (every row must have it), else each row's own
+`response`, or `completion` when it has no `response` (a file that mixes the two is read whole, with one warning
+naming the first row that switched). A bad row raises `cme_reward.files.readers.InputError` naming the file, the
+line/row and the problem; with `skip_bad=True` it is skipped and listed in `PairSet.skipped` instead. No model code."""
 
 from __future__ import annotations
 
@@ -92,31 +92,37 @@ def _response_value(row: dict[str, Any], column: str) -> Response:
 
 
 class _ResponseColumn:
-    """The file's response column: the one given, else the first of `RESPONSE_COLUMNS` found in a row (then kept
-    for every later row, so that one file never mixes two columns)."""
+    """The response column of each row: the one given, else the first of `RESPONSE_COLUMNS` the row has. `name` is
+    the first column read (recorded in checkpoints and reports); a row that uses the other one is read too, with one
+    warning."""
 
-    def __init__(self, given: str | None, unit: str):
-        self.name, self.given, self.unit = given, given is not None, unit
-        self.chosen_at: int | None = None  # the row it was chosen from
+    def __init__(self, given: str | None, unit: str, path: Path):
+        self.name, self.given, self.unit, self.path = given, given is not None, unit, path
+        self.chosen_at: int | None = None  # the first row read
+        self.warned = False
 
     def of(self, row: dict[str, Any], location: int) -> str:
         """The column to read in `row`; raises `_RowProblem` when the row lacks it."""
-        if self.name is None:
-            found = next((c for c in RESPONSE_COLUMNS if c in row), None)
-            if found is None:
-                raise _RowProblem(
-                    f"missing column 'response' (or 'completion') ({_has(row)}): name the response column with "
-                    "--response-column"
-                )
-            self.name, self.chosen_at = found, location
-        if self.name not in row:
-            if self.given:
+        if self.given:
+            if self.name not in row:
                 raise _RowProblem(f"missing column {self.name!r} (given by --response-column; {_has(row)})")
+            return self.name
+        found = next((c for c in RESPONSE_COLUMNS if c in row), None)
+        if found is None:
             raise _RowProblem(
-                f"missing column {self.name!r} (this file's response column, chosen from {self.unit} "
-                f"{self.chosen_at}; {_has(row)}): use one column name for all rows, or pass --response-column"
+                f"missing column 'response' (or 'completion') ({_has(row)}): name the response column with "
+                "--response-column"
             )
-        return self.name
+        if self.name is None:
+            self.name, self.chosen_at = found, location
+        elif found != self.name and not self.warned:
+            self.warned = True
+            logger.warning(
+                "%s: %s %d has its response in %r where %s %d has it in %r; each row's own column is read "
+                "(--response-column makes one column required)",
+                self.path, self.unit, location, found, self.unit, self.chosen_at, self.name,
+            )  # fmt: skip
+        return found
 
 
 def _split_messages(row: dict[str, Any], column: str) -> tuple[Prompt, str]:
@@ -164,8 +170,8 @@ def load_pairs(
         path (`str` or `Path`): the input file or datasets directory.
         prompt_column (`str`, *optional*, defaults to `"prompt"`): column holding the prompt (a string, or a list of
             messages).
-        response_column (`str`, *optional*): column holding the response; `None` uses `response`, or `completion`
-            when the first row that has either has only `completion`. Every row must then use that same column.
+        response_column (`str`, *optional*): column holding the response (every row must have it); `None` reads each
+            row's `response`, or its `completion` when it has no `response`.
         messages_column (`str`, *optional*): take both from one list-of-messages column instead (the last assistant
             message is the response); exclusive with the other two.
         as_chat (`bool`, *optional*, defaults to `False`): score a plain-text prompt as a conversation: it becomes
@@ -198,7 +204,7 @@ def load_pairs(
     path = Path(path)
     unit, items = iter_records(path, split=split)
     out = PairSet(path=path, unit=unit, as_chat=as_chat)
-    responses = _ResponseColumn(response_column, unit)
+    responses = _ResponseColumn(response_column, unit, path)
     if messages_column is not None:
         out.messages_column = messages_column
     else:
