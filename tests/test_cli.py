@@ -38,6 +38,38 @@ def test_flags_build_the_spec_and_config():
     assert spec.dtype is None  # "auto" is the dataclass default
 
 
+def test_paper_flags_build_the_authors_config():
+    base = ["score", "--verifier", "org/model", "--input", "a.jsonl", "--output", "o.jsonl"]
+    _, config = spec_and_config(build_parser().parse_args(base + ["--paper"]))
+    assert config == CMEConfig.from_paper()
+    flags = ["--paper", "--paper-metric", "perplexity", "--answer-only", "--no-box-penalty", "0", "--answer-weight",
+             "0.3", "--batch-tokens", "64", "--repetition-guard"]  # fmt: skip
+    _, config = spec_and_config(build_parser().parse_args(base + flags))
+    paper = {"reward_metric": "perplexity", "answer_only": True, "no_box_penalty": 0.0, "answer_weight": 0.3}
+    assert config == CMEConfig.from_paper(**paper, max_tokens_per_batch=64, repetition_guard=True)
+    _, config = spec_and_config(build_parser().parse_args(base + ["--repetition-guard"]))
+    assert config == CMEConfig(repetition_guard=True)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--answer-only"], "--answer-only belongs to the authors' reward: add --paper"),
+        (["--paper-metric", "perplexity", "--no-box-penalty", "0"], "--paper-metric, --no-box-penalty belong to"),
+        (["--paper", "--metric", "entropy"], "--paper sets --metric itself (from --paper-metric and --answer-only)"),
+        (["--paper", "--reduction", "sum", "--score-span", "boxed"], "--paper sets --reduction, --score-span itself"),
+        (["--paper", "--answer-weight", "2"], "--answer-weight must be None or a float in [0, 1], got 2.0"),
+        (["--paper", "--paper-metric", "predictive_entropy", "--backend", "vllm", "--base-url", "http://127.0.0.1:1"],
+         "--metric entropy needs the verifier's whole distribution"),
+    ],
+)  # fmt: skip
+def test_paper_flag_misuse_is_a_usage_error(capsys, tmp_path, flags, message):
+    (tmp_path / "a.jsonl").write_text('{"prompt": "p", "response": "r"}\n')
+    out = tmp_path / "o.jsonl"
+    assert main(["score", "--verifier", "v", "--input", str(tmp_path / "a.jsonl"), "--output", str(out), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_help_shows_the_dataclass_defaults(capsys):
     assert main(["score", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())

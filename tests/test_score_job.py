@@ -224,6 +224,28 @@ def test_a_file_mixing_response_and_completion_rows_is_scored_whole(tmp_path, qw
     assert_scores(out, direct_scores)
 
 
+def test_paper_flags_score_as_from_paper(tmp_path, qwen_dir):
+    from cme_reward import CMEConfig
+
+    rows = [
+        *ROWS,
+        {"id": 6, "prompt": "2 + 2 =", "response": " so \\boxed{4}"},
+        {"id": 7, "prompt": "q", "response": " "},
+    ]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    flags = ["--paper", "--paper-metric", "perplexity", "--answer-only", "--no-box-penalty", "2", "--repetition-guard"]
+    assert score(qwen_dir, "--input", str(src), "--output", str(tmp_path / "out.jsonl"), *flags) == 0
+    config = CMEConfig.from_paper(reward_metric="perplexity", answer_only=True, no_box_penalty=2.0,
+                                  repetition_guard=True)  # fmt: skip
+    expected = CrossModelEntropyReward(qwen_dir, config=config).score([r["prompt"] for r in rows],
+                                                                      [r["response"] for r in rows])  # fmt: skip
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert_scores(out, expected)
+    assert out[2]["cme"] == out[7]["cme"] == -50.0  # empty and blank: the authors' value
+    assert out[0]["cme"] == pytest.approx(-math.exp(2.0))  # no box: -exp(penalty)
+    assert out[6]["cme"] != out[0]["cme"]
+
+
 PLAIN_WARNING = "A plain-text prompt is scored as raw text"
 
 

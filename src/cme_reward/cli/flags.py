@@ -9,12 +9,12 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import METRICS, REDUCTIONS, CMEConfig
+from ..config import METRICS, PAPER_METRICS, REDUCTIONS, CMEConfig
 from ..errors import UsageError
 from ..verifier.spec import BACKENDS, VerifierSpec
 
-__all__ = ["CONFIG_FLAGS", "PROG", "VERIFIER_FLAGS", "add_input_args", "add_verifier_args", "non_negative_float",
-           "positive_int", "spec_and_config"]  # fmt: skip
+__all__ = ["CONFIG_FLAGS", "PAPER_FLAGS", "PROG", "VERIFIER_FLAGS", "add_input_args", "add_verifier_args",
+           "non_negative_float", "positive_int", "spec_and_config"]  # fmt: skip
 
 PROG = "cme-reward"
 
@@ -63,7 +63,34 @@ CONFIG_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
             "help": "also score the verifier's end-of-turn token after each response",
         },
     ),  # fmt: skip
+    "--repetition-guard": (
+        "repetition_guard",
+        {
+            "action": "store_true",
+            "default": None,
+            "help": "tokens that repeat a 6-gram of the response, copy the prompt or write special tokens earn no "
+            "credit (closes the reward hacks of docs/reward-hacking.md)",
+        },
+    ),  # fmt: skip
 }
+# the paper authors' reward (`CMEConfig.from_paper`), with their argument names: flag -> (argument, argparse options)
+PAPER_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "--paper-metric": (
+        "reward_metric",
+        {"choices": tuple(PAPER_METRICS), "help": "their reward_metric (default entropy: the mean cross-entropy)"},
+    ),
+    "--answer-only": ("answer_only", {"action": "store_true", "default": None, "help": "score the last \\boxed{}"}),
+    "--answer-weight": (
+        "answer_weight",
+        {"type": float, "metavar": "W", "help": "blend of the box and the whole response, in [0, 1]"},
+    ),
+    "--no-box-penalty": (
+        "no_box_penalty",
+        {"type": float, "metavar": "P", "help": "added to the loss of a box-less answer (default 5; open-ended: 0)"},
+    ),
+}
+# scoring flags that --paper sets itself (from --paper-metric and --answer-only)
+PAPER_SETS = ("--metric", "--reduction", "--quantile", "--score-span", "--span-weight", "--missing-span-value")
 
 
 def positive_int(text: str) -> int:
@@ -149,6 +176,12 @@ def add_verifier_args(
     group.add_argument(api_key_flag, dest="vllm_api_key", default=None, help=VLLM_API_KEY_HELP)
     parser.set_defaults(vllm_api_key_flag=api_key_flag)  # named in errors
     _add_flags(group, CONFIG_FLAGS if scoring else {"--batch-tokens": CONFIG_FLAGS["--batch-tokens"]}, CMEConfig)
+    if scoring:
+        paper = parser.add_argument_group("the paper authors' reward (CMEConfig.from_paper)")
+        paper.add_argument("--paper", action="store_true", help="score as the authors' CMERewardModel.score: their "
+                           "metric, box rules, -50 for empty answers, max length 2048")  # fmt: skip
+        for flag, (name, options) in PAPER_FLAGS.items():
+            paper.add_argument(flag, dest=f"paper_{name}", **{"default": None, **options})
 
 
 def add_input_args(parser: argparse.ArgumentParser) -> None:
@@ -210,8 +243,32 @@ def spec_and_config(args: argparse.Namespace) -> tuple[VerifierSpec, CMEConfig]:
     if spec.get("backend") == "vllm":
         spec["api_key"] = getattr(args, "vllm_api_key", None) or os.environ.get("VLLM_API_KEY") or None
     config = {name: getattr(args, name) for name, _ in CONFIG_FLAGS.values() if getattr(args, name, None) is not None}
-    _check_backend(args, spec, config)
     try:
-        return VerifierSpec(args.verifier, **spec), CMEConfig(**config)
+        built = _paper_config(args, config)
+        _check_backend(args, spec, {"metric": built.metric})
+        return VerifierSpec(args.verifier, **spec), built
     except ValueError as err:
         raise UsageError(str(err).replace("base_url=", "--base-url ").replace("backend=", "--backend ")) from None
+
+
+def _paper_config(args: argparse.Namespace, config: dict[str, Any]) -> CMEConfig:
+    """`CMEConfig(**config)`, or with `--paper` `CMEConfig.from_paper(<paper flags>, **config)`."""
+    paper = {name: getattr(args, f"paper_{name}") for name, _ in PAPER_FLAGS.values()
+             if getattr(args, f"paper_{name}", None) is not None}  # fmt: skip
+    if not getattr(args, "paper", False):
+        if paper:
+            given = [flag for flag, (name, _) in PAPER_FLAGS.items() if name in paper]
+            verb = "belongs" if len(given) == 1 else "belong"
+            raise UsageError(f"{', '.join(given)} {verb} to the authors' reward: add --paper")
+        return CMEConfig(**config)
+    clash = [flag for flag in PAPER_SETS if CONFIG_FLAGS[flag][0] in config]
+    if clash:
+        raise UsageError(f"--paper sets {', '.join(clash)} itself (from --paper-metric and --answer-only); drop "
+                         f"{'it' if len(clash) == 1 else 'them'}")  # fmt: skip
+    try:
+        return CMEConfig.from_paper(**paper, **config)
+    except ValueError as err:  # name the flag, not the argument
+        message = str(err)
+        for flag, (name, _) in PAPER_FLAGS.items():
+            message = message.replace(f"`{name}`", flag)
+        raise UsageError(message) from None
