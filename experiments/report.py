@@ -378,6 +378,28 @@ def _self_reinforcement(evals: dict, bm: dict, deltas: dict) -> list[str]:
     return ["", f"Self-reinforcement check: {text}."]
 
 
+def _dense_repetition(evals: dict, bm: dict) -> list[str]:
+    """Repetition and diversity of the dense arms side by side: KL 0 (c), the authors' settings (f), + guard (g)."""
+    dense = [arm for arm in ("c", "f", "g") if arm in evals]
+    if len(dense) < 2:
+        return []
+    what = {"c": "dense CME, KL 0", "f": "the authors' settings (KL 0.01, population std)", "g": "+ the guard"}
+    parts = "; ".join(f"({a}) {what[a]}: {_f(evals[a]['metrics']['repeated_3gram'])} and "
+                      f"{_f(evals[a]['metrics']['distinct_2'])}" for a in dense)  # fmt: skip
+    text = (f"Dense CME, repeated 3-grams and distinct-2 side by side (untrained (a): {_f(bm['repeated_3gram'])} and "
+            f"{_f(bm['distinct_2'])}): {parts}.")  # fmt: skip
+    if "f" in evals and "g" in evals:
+        rf, rg = evals["f"]["metrics"]["repeated_3gram"] or 0.0, evals["g"]["metrics"]["repeated_3gram"] or 0.0
+        if rg < rf - 0.01:
+            text += f" The guard lowered held-out repetition by {rf - rg:.3f}."
+        else:
+            text += (" The guard did not lower held-out repetition at this budget: it floors the training reward of "
+                     "6-gram repeats and prompt copies, but the verifier still pays for the first, fluent occurrence "
+                     "of a stock phrase, and one held-out sample per prompt is a noisy measure of a difference this "
+                     "small.")  # fmt: skip
+    return ["", text]
+
+
 def _reading(st: dict, arms: dict, evals: dict, deltas: dict, judged: dict) -> list[str]:
     """The candid reading, worded from the numbers."""
     out = []
@@ -418,6 +440,7 @@ def _reading(st: dict, arms: dict, evals: dict, deltas: dict, judged: dict) -> l
     elif moved:
         out += ["", f"Arms whose held-out CME interval excludes 0: {', '.join(f'({a})' for a in moved)}."]
     out += _self_reinforcement(evals, bm, deltas)
+    out += _dense_repetition(evals, bm)
     out += [
         "",
         "What these numbers can show: whether a few GRPO steps on each reward move the generator's held-out "
