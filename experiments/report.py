@@ -307,7 +307,8 @@ def render(data: dict, images: list[str] | None = None) -> str:
         lines += ["", "This run does not use the default sizes; the reasoning behind those follows."]
     lines += [
         "",
-        "The default budget is about 60 minutes on 2 CPU cores for everything, the arms one after another: "
+        "The default sizes were set for about 60 minutes on 2 CPU cores for arms (a)-(d), the arms one after "
+        "another (the default arms (a)-(d), (f), (g) take about 100 minutes): "
         "`total = loads + arms x (steps x s/step + evaluation)`. A step samples `prompts_per_step x num_generations` "
         "completions, scores them with the verifier and runs a forward and backward pass of the generator over "
         "prompts and completions; on a CPU the backward pass and the token-by-token sampling dominate, and both grow "
@@ -318,7 +319,9 @@ def render(data: dict, images: list[str] | None = None) -> str:
         "group, 2 prompts per step keep a step near 20 s, 64 tokens hold the first sentences of an answer, and "
         "40 held-out prompts are every MT-Bench question with a GPT-4 reference (30) plus 10 taken in turn from the "
         "other categories. That leaves room for 40 steps per trained arm: 3 x 40 x ~20 s = 40 min, plus 4 "
-        "evaluations (~6 min) and the loads (~3 min). Step times vary with other work on the machine.",
+        "evaluations (~6 min) and the loads (~3 min); (f) and (g) add a KL reference model's forward pass to each "
+        "step. Step times vary with other work on the machine, and so does the time of an arm evaluated while other "
+        "work ran.",
     ]
     if base is not None and len(evals) > 1:
         lines += ["", "## Side by side (held-out)", ""]
