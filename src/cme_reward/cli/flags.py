@@ -211,7 +211,7 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--limit", type=positive_int, help="use only the first N usable rows")
 
 
-def _check_backend(args: argparse.Namespace, spec: dict[str, Any], config: dict[str, Any]) -> None:
+def _check_backend(args: argparse.Namespace, spec: dict[str, Any], metric: str) -> None:
     """One clear line for a flag combination the chosen backend cannot honour."""
     if spec.get("backend") != "vllm":
         flags = {"base_url": "--base-url", "served_model": "--served-model",
@@ -229,7 +229,7 @@ def _check_backend(args: argparse.Namespace, spec: dict[str, Any], config: dict[
         normalize_base_url(spec["base_url"])
     except ValueError as err:
         raise UsageError(str(err).replace("`base_url`", "--base-url")) from None
-    if config.get("metric") == "entropy":
+    if metric == "entropy":
         raise UsageError("--metric entropy needs the verifier's whole distribution at each position, which a vLLM "
                          "server does not return (its prompt_logprobs carry the actual token only); use --backend "
                          "transformers")  # fmt: skip
@@ -245,7 +245,7 @@ def spec_and_config(args: argparse.Namespace) -> tuple[VerifierSpec, CMEConfig]:
     config = {name: getattr(args, name) for name, _ in CONFIG_FLAGS.values() if getattr(args, name, None) is not None}
     try:
         built = _paper_config(args, config)
-        _check_backend(args, spec, {"metric": built.metric})
+        _check_backend(args, spec, built.metric)
         return VerifierSpec(args.verifier, **spec), built
     except ValueError as err:
         raise UsageError(str(err).replace("base_url=", "--base-url ").replace("backend=", "--backend ")) from None

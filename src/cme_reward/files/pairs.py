@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..scoring.formatting import normalize_messages, response_text
-from .readers import Record, iter_records, json_type
+from .readers import Record, bad_row, iter_records, json_type, warn_skipped
 
 __all__ = ["PairSet", "load_pairs"]
 
@@ -224,18 +224,13 @@ def load_pairs(
             except _RowProblem as err:
                 problem = str(err)
         if problem is not None:
-            if not skip_bad:
-                raise InputError(f"{path}: {unit} {location}: {problem}")
-            out.skipped.append((location, problem))
+            out.skipped.append(bad_row(path, unit, location, problem, skip_bad=skip_bad))
             continue
         out.records.append(Record(location, row))
         out.prompts.append(prompt)
         out.responses.append(response)
     out.response_column = responses.name if messages_column is None else None
-    if out.skipped:
-        shown = "; ".join(f"{unit} {loc}: {why}" for loc, why in out.skipped[:5])
-        more = f" (and {len(out.skipped) - 5} more)" if len(out.skipped) > 5 else ""
-        logger.warning("%s: skipped %d bad rows: %s%s", path, len(out.skipped), shown, more)
+    warn_skipped(path, unit, out.skipped)
     if not out.records:
         extra = f" ({len(out.skipped)} bad rows skipped)" if out.skipped else ""
         raise InputError(f"{path}: no rows to score{extra}")

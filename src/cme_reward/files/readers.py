@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import InputError
 
-__all__ = ["FORMATS", "Item", "Record", "iter_records", "json_type", "read_records"]
+__all__ = ["FORMATS", "Item", "Record", "bad_row", "iter_records", "json_type", "read_records", "warn_skipped"]
 
 logger = logging.getLogger(__name__)
 
@@ -253,8 +253,22 @@ def read_records(
     for location, row, problem in items:
         if problem is None:
             records.append(Record(location, row))
-        elif skip_bad:
-            skipped.append((location, problem))
         else:
-            raise InputError(f"{path}: {unit} {location}: {problem}")
+            skipped.append(bad_row(path, unit, location, problem, skip_bad=skip_bad))
     return records, skipped
+
+
+def bad_row(path: str | Path, unit: str, location: int, problem: str, *, skip_bad: bool) -> tuple[int, str]:
+    """A bad row: raises `InputError` naming the file, the line/row and the problem, or with `skip_bad` returns the
+    `(location, problem)` to list among the skipped rows."""
+    if not skip_bad:
+        raise InputError(f"{path}: {unit} {location}: {problem}")
+    return location, problem
+
+
+def warn_skipped(path: str | Path, unit: str, skipped: list[tuple[int, str]]) -> None:
+    """One warning for the rows skipped from `path`: how many, and the first five with their reasons."""
+    if skipped:
+        shown = "; ".join(f"{unit} {loc}: {why}" for loc, why in skipped[:5])
+        more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+        logger.warning("%s: skipped %d bad rows: %s%s", path, len(skipped), shown, more)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..files.pairs import load_pairs
-from ..files.readers import iter_records, json_type
+from ..files.readers import bad_row, iter_records, json_type, warn_skipped
 from ..scoring.formatting import normalize_messages
 
 __all__ = ["ComparisonData", "load_comparison_data"]
@@ -155,17 +155,13 @@ def _pairs(path: Path, *, prompt_column: str, chosen_column: str, rejected_colum
             except InputError as err:
                 problem = str(err)
         if problem is not None:
-            if not skip_bad:
-                raise InputError(f"{path}: {unit} {location}: {problem}")
-            data.skipped.append((location, problem))
+            data.skipped.append(bad_row(path, unit, location, problem, skip_bad=skip_bad))
             continue
         data.locations.append(location)
         data.prompts += [prompt, prompt]
         data.responses += [chosen, rejected]
         data.labels += [True, False]
-    if data.skipped:
-        shown = "; ".join(f"{unit} {loc}: {why}" for loc, why in data.skipped[:5])
-        logger.warning("%s: skipped %d bad rows: %s", path, len(data.skipped), shown)
+    warn_skipped(path, unit, data.skipped)
     if not data.rows:
         raise InputError(f"{path}: no preference pairs to compare on ({len(data.skipped)} bad rows skipped)")
     return data
